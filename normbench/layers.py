@@ -1,0 +1,151 @@
+"""In-repo Keras normalization layers: drop-in replacements for tensorflow-addons' GN and IN.
+
+Written against the API common to Keras 2.15 (tf.keras) and Keras 3 with the TensorFlow backend,
+so the same class runs beside the real tfa on the legacy stack and without it on current TF.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
+
+
+@keras.utils.register_keras_serializable(package="normbench")
+class GroupNormalization(keras.layers.Layer):
+    """Group Normalization (Wu & He, 2018, https://arxiv.org/abs/1803.08494).
+
+    Splits the channels on `axis` into `groups` groups and, for each sample and group, subtracts
+    the mean and divides by the standard deviation taken over the group's channels and every other
+    non-batch axis, then applies a per-channel affine map:
+    `y = (x - mean) * rsqrt(var + epsilon) * gamma + beta`.
+
+    groups=1 is the GN paper's Layer Normalization (per sample over H, W, C); groups=C (or -1) is
+    Instance Normalization (per sample and channel over H, W). No statistic crosses samples, so the
+    output of one sample never depends on the rest of its batch, in training or at inference.
+
+    Arguments and defaults are tensorflow-addons' (groups=2, epsilon=1e-3); weights are named
+    `gamma` and `beta`. Statistics are computed in float32 when inputs are float16/bfloat16.
+    """
+
+    def __init__(self, groups=2, axis=-1, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones",
+                 beta_regularizer=None, gamma_regularizer=None,
+                 beta_constraint=None, gamma_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        if axis == 0:
+            raise ValueError("axis=0 is the batch axis: normalizing over it is batch "
+                             "normalization; use BatchNormalization")
+        self.supports_masking = True
+        self.groups = int(groups)
+        self.axis = int(axis)
+        self.epsilon = float(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = keras.constraints.get(beta_constraint)
+        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        rank = len(shape)
+        if not -rank <= self.axis < rank or self.axis % rank == 0:
+            raise ValueError(f"axis {self.axis} is not a feature axis of an input of rank {rank} "
+                             f"(shape {shape})")
+        dim = shape[self.axis]
+        if dim is None:
+            raise ValueError(f"axis {self.axis} of the input must have a known size to split it "
+                             f"into groups; got shape {shape}")
+        groups = dim if self.groups == -1 else self.groups
+        if groups < 1 or groups > dim:
+            raise ValueError(f"groups={self.groups} must be between 1 and the {dim} channels on "
+                             f"axis {self.axis} (or -1 for one group per channel)")
+        if dim % groups:
+            raise ValueError(f"groups={groups} does not divide the {dim} channels on axis "
+                             f"{self.axis}; {dim} % {groups} = {dim % groups}")
+        self._num_groups = groups
+        self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: dim})
+        self.gamma = self.beta = None
+        if self.scale:
+            self.gamma = self.add_weight(name="gamma", shape=(dim,),
+                                         initializer=self.gamma_initializer,
+                                         regularizer=self.gamma_regularizer,
+                                         constraint=self.gamma_constraint)
+        if self.center:
+            self.beta = self.add_weight(name="beta", shape=(dim,),
+                                        initializer=self.beta_initializer,
+                                        regularizer=self.beta_regularizer,
+                                        constraint=self.beta_constraint)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        out_dtype = x.dtype
+        if out_dtype in _LOW_PRECISION:  # float16 statistics overflow (tfa issue 2550)
+            x = tf.cast(x, tf.float32)
+        rank = x.shape.rank
+        axis = self.axis % rank
+        dim = x.shape[axis]
+        groups = self._num_groups
+        dynamic = tf.shape(x)
+        sizes = [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+        grouped = tf.reshape(x, sizes[:axis] + [groups, dim // groups] + sizes[axis + 1:])
+        reduce_axes = [i for i in range(1, rank + 1) if i != axis]
+        # Shift each group by one of its own values before averaging: the float32 sum of values
+        # with a large common offset (mean 1e4, std 1e-2) would lose the spread to rounding.
+        first = tuple(slice(0, 1) if i in reduce_axes else slice(None) for i in range(rank + 1))
+        centered = grouped - tf.stop_gradient(grouped[first])
+        mean, variance = tf.nn.moments(centered, reduce_axes, keepdims=True)
+        inv = tf.math.rsqrt(variance + tf.cast(self.epsilon, x.dtype))
+        weight_shape = [1] * (rank + 1)
+        weight_shape[axis:axis + 2] = [groups, dim // groups]
+        if self.scale:
+            inv = inv * tf.reshape(tf.cast(self.gamma, x.dtype), weight_shape)
+        # (x - mean) * inv, not tfa's fold x * inv - mean * inv, which with a large mean subtracts
+        # two large products and keeps only a few bits of the result.
+        outputs = (centered - mean) * inv
+        if self.center:
+            outputs = outputs + tf.reshape(tf.cast(self.beta, x.dtype), weight_shape)
+        return tf.cast(tf.reshape(outputs, dynamic), out_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "groups": self.groups,
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+        }
+
+
+@keras.utils.register_keras_serializable(package="normbench")
+class InstanceNormalization(GroupNormalization):
+    """Instance Normalization (Ulyanov et al., 2016, https://arxiv.org/abs/1607.08022).
+
+    GroupNormalization with one channel per group: each sample's channel is normalized over its
+    spatial axes. A `groups` argument is accepted and ignored so that configs saved by
+    tensorflow-addons (which store the resolved group count) load unchanged.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.pop("groups", None)
+        super().__init__(groups=-1, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["groups"]
+        return config

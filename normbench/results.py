@@ -1,0 +1,249 @@
+"""Run records on disk (atomic), the summary tables derived from them, and loading for compare."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from normbench.errors import NormbenchError
+
+
+class RunRecord(BaseModel):
+    """Everything one finished run measured; saved as runs/<run_id>/metrics.json."""
+
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")  # NaN loss round-trips
+
+    run_id: str
+    name: str
+    status: str
+    spec_hash: str
+    config_hash: str  # spec_hash without the seed: runs that differ only by seed share it
+    smoke: bool
+    dataset: dict[str, Any]  # provenance: requested, name (used), source, sizes, sha256, warning
+    norm_type: str
+    norm_groups: int | None
+    impl_requested: str
+    impl_used: str
+    params: int
+    epochs: int
+    batch_size: int
+    seed: int
+    test_accuracy: float
+    test_loss: float
+    train_accuracy: float
+    train_loss: float
+    epoch_times_s: list[float]
+    first_epoch_s: float
+    steady_epoch_s: float
+    steady_samples_per_s: float
+    steady_basis: str
+    total_s: float
+    started: str
+    finished: str
+    env: dict[str, Any]
+    warnings: list[str] = []
+    history: list[dict[str, Any]]  # epoch, loss, accuracy, time_s
+
+
+def new_run_id(name: str) -> str:
+    """Unique and sortable: the spec name, the UTC start time and a random suffix."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def prepare(results_dir: Path) -> Path:
+    """Create results_dir/runs and prove it writable, before any training starts."""
+    runs = results_dir / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise NormbenchError(f"results directory {results_dir}: not writable "
+                             f"({exc.strerror or exc})") from None
+    return runs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(record: RunRecord, spec_yaml: str, results_dir: Path) -> Path:
+    """Write runs/<run_id>/{spec.yaml,history.csv,metrics.json}; the directory appears whole."""
+    runs = prepare(results_dir)
+    final = runs / record.run_id
+    staging = Path(tempfile.mkdtemp(dir=runs, prefix=f".{record.run_id}."))
+    try:
+        _write_atomic(staging / "spec.yaml", spec_yaml)
+        _write_atomic(staging / "history.csv", _csv(record.history, list(record.history[0])))
+        _write_atomic(staging / "metrics.json", record.model_dump_json(indent=2) + "\n")
+        os.rename(staging, final)
+    except BaseException:
+        for child in staging.glob("*"):
+            child.unlink(missing_ok=True)
+        staging.rmdir()
+        raise
+    return final
+
+
+def load_records(results_dir: Path) -> tuple[list[RunRecord], list[tuple[str, str]]]:
+    """All readable run records (oldest first), and (entry, reason) for each one skipped."""
+    runs = results_dir / "runs"
+    records, skipped = [], []
+    if not runs.is_dir():
+        return records, skipped
+    for entry in sorted(runs.iterdir()):
+        if entry.name.startswith("."):
+            continue  # staging directories and probes of runs in flight
+        metrics = entry / "metrics.json"
+        if not entry.is_dir():
+            skipped.append((entry.name, "not a run directory"))
+        elif not metrics.is_file():
+            skipped.append((entry.name, "no metrics.json"))
+        else:
+            try:
+                records.append(RunRecord.model_validate_json(metrics.read_bytes()))
+            except (OSError, ValidationError, ValueError) as exc:
+                first = str(exc).splitlines()[0]
+                skipped.append((entry.name, f"unreadable metrics.json: {first}"))
+    records.sort(key=lambda r: (r.started, r.run_id))
+    return records, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables. Column names are documented in results/README.md (a test keeps the two in step).
+
+RUN_COLUMNS = ("run_id", "name", "status", "dataset", "dataset_requested", "smoke", "n_train",
+               "n_test", "norm", "groups", "impl_requested", "impl_used", "params", "epochs",
+               "batch_size", "seed", "test_accuracy", "test_loss", "train_accuracy", "train_loss",
+               "first_epoch_s", "steady_epoch_s", "steady_samples_per_s", "total_s", "tensorflow",
+               "keras", "started")
+
+GROUP_COLUMNS = ("name", "dataset", "smoke", "norm", "impl", "runs", "test_acc_mean",
+                 "test_acc_std", "test_acc_best", "test_loss_mean", "first_epoch_s",
+                 "steady_epoch_s", "samples_per_s", "best")
+
+
+def run_row(r: RunRecord) -> dict[str, Any]:
+    return {"run_id": r.run_id, "name": r.name, "status": r.status,
+            "dataset": r.dataset["name"], "dataset_requested": r.dataset["requested"],
+            "smoke": r.smoke, "n_train": r.dataset["n_train"], "n_test": r.dataset["n_test"],
+            "norm": r.norm_type, "groups": r.norm_groups, "impl_requested": r.impl_requested,
+            "impl_used": r.impl_used, "params": r.params, "epochs": r.epochs,
+            "batch_size": r.batch_size, "seed": r.seed, "test_accuracy": r.test_accuracy,
+            "test_loss": r.test_loss, "train_accuracy": r.train_accuracy,
+            "train_loss": r.train_loss, "first_epoch_s": r.first_epoch_s,
+            "steady_epoch_s": r.steady_epoch_s, "steady_samples_per_s": r.steady_samples_per_s,
+            "total_s": r.total_s, "tensorflow": r.env.get("tensorflow"),
+            "keras": r.env.get("keras"), "started": r.started}
+
+
+def group_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
+    """One row per experiment: runs sharing name, data actually used, smoke flag and config."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.name, r.dataset["name"], r.smoke, r.config_hash), []).append(r)
+    rows = []
+    for (name, dataset, smoke, _), rs in groups.items():
+        acc = [r.test_accuracy for r in rs]
+        rows.append({
+            "name": name, "dataset": dataset, "smoke": smoke, "norm": rs[0].norm_type,
+            "impl": ",".join(sorted({r.impl_used for r in rs})), "runs": len(rs),
+            "test_acc_mean": statistics.fmean(acc),
+            "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else None,
+            "test_acc_best": max(acc),
+            "test_loss_mean": statistics.fmean(r.test_loss for r in rs),
+            "first_epoch_s": statistics.fmean(r.first_epoch_s for r in rs),
+            "steady_epoch_s": statistics.fmean(r.steady_epoch_s for r in rs),
+            "samples_per_s": statistics.fmean(r.steady_samples_per_s for r in rs),
+            "best": False})
+    for dataset, smoke in {(row["dataset"], row["smoke"]) for row in rows}:
+        peers = [row for row in rows if (row["dataset"], row["smoke"]) == (dataset, smoke)]
+        max(peers, key=lambda row: row["test_acc_mean"])["best"] = True
+    rows.sort(key=lambda row: (row["dataset"], row["smoke"], -row["test_acc_mean"]))
+    return rows
+
+
+def fmt(column: str, value: Any) -> str:
+    """Human formatting shared by Markdown and the terminal table."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column.startswith(("test_acc", "train_acc")) or column == "test_accuracy":
+        return f"{100 * value:.2f}%"
+    if column in ("samples_per_s", "steady_samples_per_s"):
+        return f"{value:,.0f}"
+    if column.endswith("_s"):
+        return f"{value:.2f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    return str(value)
+
+
+def to_markdown(rows: list[dict], columns: Iterable[str]) -> str:
+    columns = list(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt(c, row[c]) for c in columns]
+        if row.get("best"):
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def render(rows: list[dict], columns: Iterable[str], fmt_name: str) -> str:
+    """rows as md, csv or json text (the terminal table is drawn by the CLI)."""
+    columns = list(columns)
+    if fmt_name == "md":
+        return to_markdown(rows, columns)
+    if fmt_name == "csv":
+        return _csv(rows, columns)
+    if fmt_name == "json":
+        return json.dumps([{c: row[c] for c in columns} for row in rows], indent=2) + "\n"
+    raise ValueError(f"unknown format {fmt_name!r}")
+
+
+def write_summaries(results_dir: Path) -> list[tuple[str, str]]:
+    """Rebuild summary.csv and summary.md from every run record; returns the entries skipped."""
+    with FileLock(str(results_dir / ".summary.lock")):
+        records, skipped = load_records(results_dir)
+        _write_atomic(results_dir / "summary.csv",
+                      _csv([run_row(r) for r in records], list(RUN_COLUMNS)))
+        md = ["# normbench results", "",
+              f"{len(records)} run(s); rebuilt from runs/*/metrics.json. Columns: README.md.", "",
+              "## By experiment (best mean test accuracy per dataset in bold)", "",
+              to_markdown(group_rows(records), GROUP_COLUMNS), "## Runs", "",
+              to_markdown([run_row(r) for r in records], RUN_COLUMNS)]
+        if skipped:
+            md += ["## Skipped", ""] + [f"- `{name}`: {why}" for name, why in skipped]
+        _write_atomic(results_dir / "summary.md", "\n".join(md) + "\n")
+    return skipped

@@ -1,0 +1,329 @@
+"""YAML experiment specs -> frozen, validated pydantic models. Never imports TensorFlow."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from normbench import norms
+from normbench.errors import NormbenchError
+
+DATASETS = ("mnist", "mnist-10k", "fashion-mnist")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+# Keras initializer names that exist in Keras 2.15 and 3 and work on 1-D weights (gamma, beta);
+# tests check each against the installed Keras.
+INITIALIZERS = ("zeros", "ones", "constant", "random_normal", "random_uniform", "truncated_normal",
+                "variance_scaling", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+                "lecun_normal", "lecun_uniform")
+IMAGE_SHAPE = (28, 28, 1)  # every dataset here is 28x28 grey
+CONV_KERNEL = 3
+MAX_SPEC_BYTES = 1 << 20
+
+
+def conv_output_shape(conv_filters: int) -> tuple[int, int, int, int]:
+    """(N, H, W, C) after the valid 3x3 convolution: the tensor the norm layer sees (N unknown)."""
+    side = IMAGE_SHAPE[0] - CONV_KERNEL + 1
+    return (-1, side, side, conv_filters)
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value in choices:
+        return value
+    close = difflib.get_close_matches(value, choices, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown {what} {value!r}; {hint}choose from {', '.join(choices)}")
+
+
+def _positive_finite(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0, got {value!r}")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NormSpec(_Frozen):
+    type: str = "group"
+    groups: int | None = 5
+    axis: int = -1
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    beta_initializer: str = "zeros"
+    gamma_initializer: str = "ones"
+    impl: str = "auto"
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return norms.canonical(value)
+
+    @field_validator("axis")
+    @classmethod
+    def _axis(cls, value: int) -> int:
+        if value not in (-3, -2, -1, 1, 2, 3):
+            raise ValueError(f"axis {value} is not a feature axis of the (N, H, W, C) conv output; "
+                             "choose from -1 (channels, == 3), 1, 2, 3, -2, -3 (0 is the batch)")
+        return value
+
+    @field_validator("epsilon")
+    @classmethod
+    def _epsilon(cls, value: float) -> float:
+        return _positive_finite(value)
+
+    @field_validator("beta_initializer", "gamma_initializer")
+    @classmethod
+    def _initializer(cls, value: str) -> str:
+        return _choice(value.lower(), INITIALIZERS, "initializer")
+
+    @field_validator("impl")
+    @classmethod
+    def _impl(cls, value: str) -> str:
+        return _choice(value.lower(), norms.IMPLS, "impl")
+
+    @model_validator(mode="after")
+    def _impl_for_type(self) -> NormSpec:
+        allowed = norms.allowed_impls(self.type)
+        if self.impl not in allowed:
+            raise ValueError(f"impl {self.impl!r} does not exist for norm {self.type!r}; "
+                             f"choose from {', '.join(allowed)}")
+        if self.impl == "tfa" and not _tfa_installed():
+            raise ValueError("impl 'tfa' needs tensorflow-addons, which is not installed "
+                             "(it runs only on TF 2.13-2.15); use 'native' or 'auto'")
+        return self
+
+
+def _tfa_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow_addons") is not None
+
+
+class ModelSpec(_Frozen):
+    conv_filters: int = Field(10, ge=1, le=4096)
+    dense_units: int = Field(128, ge=1, le=65536)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    norm: NormSpec = NormSpec()
+
+    @model_validator(mode="after")
+    def _groups(self) -> ModelSpec:
+        """Resolve groups against the norm's feature axis; None where the norm takes no groups."""
+        norm = self.norm
+        if not norms.NORMS[norm.type].uses_groups:
+            return self._resolved(norm, None)
+        dim = conv_output_shape(self.conv_filters)[norm.axis]
+        what = f"the {dim} channels" if norm.axis in (-1, 3) else f"the size {dim} of axis {norm.axis}"
+        groups = norm.groups
+        if groups is None:
+            raise ValueError(f"model.norm.groups: norm 'group' needs groups; choose a divisor of {what}")
+        if groups == -1:
+            groups = dim
+        divisors = ", ".join(str(d) for d in range(1, dim + 1) if dim % d == 0)
+        if groups < 1 or dim % groups:
+            raise ValueError(f"model.norm.groups: {norm.groups} does not divide {what} "
+                             f"(model.conv_filters={self.conv_filters}); choose from {divisors}, or -1")
+        return self._resolved(norm, groups)
+
+    def _resolved(self, norm: NormSpec, groups: int | None) -> ModelSpec:
+        # The instance is still being validated and is frozen only to users: give it a new norm.
+        object.__setattr__(self, "norm", norm.model_copy(update={"groups": groups}))
+        return self
+
+
+class TrainSpec(_Frozen):
+    epochs: int = Field(1, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=1 << 20)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        return _choice(value.lower(), OPTIMIZERS, "optimizer")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, value: float) -> float:
+        return _positive_finite(value)
+
+
+class Spec(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    dataset: str = "mnist"
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        return _choice(value.lower(), DATASETS, "dataset")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML in, YAML out
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            try:
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise NormbenchError(f"{where}: invalid YAML{at}: {problem}") from None
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or a NormbenchError saying in one line why it cannot be a spec."""
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise NormbenchError(f"{path}: is a directory, not a spec file")
+        if size > MAX_SPEC_BYTES:
+            raise NormbenchError(f"{path}: {size} bytes is too large for a spec (limit {MAX_SPEC_BYTES})")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NormbenchError(f"{path}: no such file") from None
+    except PermissionError:
+        raise NormbenchError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise NormbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if b"\0" in data:
+        raise NormbenchError(f"{path}: binary file, not a YAML spec")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NormbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def apply_override(doc: dict, override: str) -> None:
+    """Apply one `-s path=value` (value parsed as YAML) to the raw spec mapping, in place."""
+    path, sep, raw = override.partition("=")
+    keys = path.strip().split(".")
+    if not sep or not all(k.strip() for k in keys):
+        raise NormbenchError(f"-s {override!r}: expected PATH=VALUE, e.g. -s train.epochs=3")
+    value = parse_yaml(raw, f"-s {override!r}") if raw.strip() else raw
+    node = doc
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise NormbenchError(f"-s {override!r}: {'.'.join(keys[:depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] | None = Spec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        model = field.annotation if field and isinstance(field.annotation, type) else None
+    return list(model.model_fields) if model and issubclass(model, BaseModel) else []
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(err["loc"])
+        close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"{loc}: unknown key; {hint}valid keys here: {', '.join(valid)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("model.norm.groups:"):  # raised at model level, already names its field
+        return msg
+    if err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
+        msg = "use 1-64 letters, digits, '-' or '_' (the name becomes part of file names)"
+    shown = repr(err["input"])
+    if err["type"] in ("value_error",) or shown in msg:
+        return f"{loc}: {msg}"
+    return f"{loc}: {msg}, got {shown[:80]}"
+
+
+def validate(doc: Any, where: str) -> Spec:
+    if doc is None:
+        raise NormbenchError(f"{where}: empty spec; expected a mapping such as 'name: my-run'")
+    if not isinstance(doc, dict):
+        raise NormbenchError(f"{where}: a spec must be a mapping of keys to values, "
+                             f"got a {type(doc).__name__}")
+    try:
+        return Spec.model_validate(doc)
+    except ValidationError as exc:
+        raise NormbenchError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
+    """Read, override and validate one spec file. The name defaults to the file's stem."""
+    path = Path(path)
+    doc = parse_yaml(read_text(path), str(path))
+    if isinstance(doc, dict):
+        for override in overrides:
+            apply_override(doc, override)
+        doc.setdefault("name", path.stem)
+    return validate(doc, str(path))
+
+
+def to_dict(spec: Spec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def to_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(to_dict(spec), sort_keys=False)
+
+
+def spec_hash(spec: Spec, *, without_seed: bool = False) -> str:
+    """sha256 of the resolved spec (optionally ignoring the seed): the experiment's identity."""
+    data = to_dict(spec)
+    if without_seed:
+        data["train"].pop("seed")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def for_smoke(spec: Spec) -> Spec:
+    """The spec a --smoke run trains: one epoch (data.load slices the data)."""
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 1})})
+
+
+def summary(spec: Spec) -> str:
+    """One line for people: what this spec trains."""
+    norm = spec.model.norm
+    detail = f" (groups={norm.groups})" if norm.groups is not None else ""
+    t = spec.train
+    return (f"{spec.name}: {norm.type} norm{detail}, impl {norm.impl}, on {spec.dataset}, "
+            f"{t.epochs} epoch(s) x batch {t.batch_size}, {t.optimizer} lr={t.learning_rate:g}, "
+            f"seed {t.seed}")
