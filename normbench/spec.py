@@ -20,7 +20,7 @@ DATASETS = ("mnist", "mnist-10k", "fashion-mnist")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 # Keras initializer names that exist in Keras 2.15 and 3 and work on 1-D weights (gamma, beta);
 # tests check each against the installed Keras.
-INITIALIZERS = ("zeros", "ones", "constant", "random_normal", "random_uniform", "truncated_normal",
+INITIALIZERS = ("zeros", "ones", "random_normal", "random_uniform", "truncated_normal",
                 "variance_scaling", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
                 "lecun_normal", "lecun_uniform")
 IMAGE_SHAPE = (28, 28, 1)  # every dataset here is 28x28 grey

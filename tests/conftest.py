@@ -1,0 +1,30 @@
+"""Shared fixtures: synthetic run records for the results tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from normbench.results import RunRecord
+
+
+def record(**fields) -> RunRecord:
+    base = dict(
+        run_id="gn-20260101-000000-abcdef", name="gn", status="finished", spec_hash="s" * 64,
+        config_hash="c" * 64, smoke=False,
+        dataset={"requested": "mnist-10k", "name": "mnist-10k", "n_train": 8000, "n_test": 2000,
+                 "sha256": "x", "source": "embedded", "warning": None},
+        norm_type="group", norm_groups=5, impl_requested="auto", impl_used="native", params=866818,
+        epochs=2, batch_size=32, seed=0, test_accuracy=0.9, test_loss=0.3, train_accuracy=0.92,
+        train_loss=0.25, epoch_times_s=[3.0, 2.0], first_epoch_s=3.0, steady_epoch_s=2.0,
+        steady_samples_per_s=4000.0, steady_basis="epochs 2-2", total_s=6.0,
+        started="2026-01-01T00:00:00+00:00", finished="2026-01-01T00:00:06+00:00",
+        env={"tensorflow": "2.21.0", "keras": "3.15.1"},
+        history=[{"epoch": 1, "loss": 0.5, "accuracy": 0.85, "time_s": 3.0},
+                 {"epoch": 2, "loss": 0.25, "accuracy": 0.92, "time_s": 2.0}])
+    base.update(fields)
+    return RunRecord(**base)
+
+
+@pytest.fixture
+def make_record():
+    return record

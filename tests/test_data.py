@@ -1,0 +1,164 @@
+"""Datasets: the embedded mnist-10k, MNIST's offline fallback, Fashion-MNIST IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normbench import data, spec as specs
+from normbench.errors import NormbenchError
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_registry_matches_spec():
+    assert tuple(data._LOADERS) == specs.DATASETS
+
+
+def test_mnist10k_loads_with_checksums_and_stratified_split():
+    ds = data.load("mnist-10k")
+    p = ds.provenance
+    assert (p["name"], p["n_train"], p["n_test"], p["warning"]) == ("mnist-10k", 8000, 2000, None)
+    assert p["sha256"] == data.MNIST10K_CONTENT_SHA256
+    assert ds.x_train.shape == (8000, 28, 28, 1) and ds.x_train.dtype == np.float32
+    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    assert ds.y_train.dtype == np.int32 and set(np.unique(ds.y_test)) == set(range(10))
+    train = np.bincount(ds.y_train, minlength=10)
+    test = np.bincount(ds.y_test, minlength=10)
+    fraction = test / (train + test)
+    assert np.all(np.abs(fraction - 0.2) < 0.002)  # every class held out at 20%
+
+
+def test_smoke_slices_small_balanced_prefixes():
+    ds = data.load("mnist-10k", smoke=True)
+    assert (len(ds.y_train), len(ds.y_test)) == (data.SMOKE_TRAIN, data.SMOKE_TEST)
+    assert ds.provenance["smoke"] and ds.provenance["sha256"] == data.MNIST10K_CONTENT_SHA256
+    assert np.bincount(ds.y_train, minlength=10).min() > 50
+
+
+def test_damaged_embedded_file_is_detected(tmp_path, monkeypatch):
+    bad = tmp_path / "mnist10k.npz"
+    raw = bytearray(data.MNIST10K_FILE.read_bytes())
+    raw[1000] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setattr(data, "MNIST10K_FILE", bad)
+    with pytest.raises(NormbenchError, match="checksum mismatch"):
+        data.load("mnist-10k")
+
+
+def test_mnist_falls_back_to_mnist10k_offline(monkeypatch, caplog):
+    def offline():
+        raise Exception("URL fetch failure: Name or service not known")
+
+    monkeypatch.setattr(data, "_fetch_mnist", offline)
+    ds = data.load("mnist")
+    p = ds.provenance
+    assert (p["requested"], p["name"], p["n_train"]) == ("mnist", "mnist-10k", 8000)
+    assert "full MNIST is unavailable" in p["warning"]
+    assert "using the embedded mnist-10k" in caplog.text
+
+
+def test_mnist_uses_keras_download_when_available(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
+              "y_train": rng.integers(0, 10, 60, dtype=np.uint8),
+              "x_test": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+              "y_test": rng.integers(0, 10, 10, dtype=np.uint8)}
+    path = tmp_path / "mnist.npz"
+    np.savez(path, **arrays)
+    monkeypatch.setattr(data, "_fetch_mnist", lambda: path)
+    ds = data.load("mnist")
+    assert (ds.provenance["name"], ds.provenance["n_train"]) == ("mnist", 60)
+    assert ds.provenance["sha256"] == data.content_sha256(arrays)
+    np.testing.assert_array_equal(ds.y_test, arrays["y_test"])
+
+
+def test_pickled_arrays_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=np.array([object()]), y_train=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1))
+    monkeypatch.setattr(data, "_fetch_mnist", lambda: path)
+    with pytest.raises(NormbenchError, match="unreadable dataset file.*allow_pickle=False"):
+        data.load("mnist")
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_idx_reader_and_truncation():
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    np.testing.assert_array_equal(data._read_idx(_idx(images), "x"), images)
+    with pytest.raises(NormbenchError, match="truncated"):
+        data._read_idx(_idx(images)[:-5], "x")
+    with pytest.raises(NormbenchError, match="not a uint8 IDX"):
+        data._read_idx(b"\x00\x00\x0d\x03" + bytes(20), "x")
+
+
+FASHION = Path(data.FASHION_DEBIAN_DIR)
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
+                                   reason="Debian's dataset-fashion-mnist is not installed")
+
+
+@needs_fashion
+def test_fashion_mnist_from_debian_package():
+    ds = data.load("fashion-mnist")
+    assert (ds.provenance["n_train"], ds.provenance["n_test"]) == (60000, 10000)
+    assert "dataset-fashion-mnist" in ds.provenance["source"]
+    assert np.bincount(ds.y_test).tolist() == [1000] * 10
+
+
+@needs_fashion
+def test_fashion_mnist_corrupted_file_is_reported(tmp_path, monkeypatch):
+    for f in FASHION.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    name = "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress((tmp_path / name).read_bytes()))
+    raw[100] ^= 1
+    (tmp_path / name).write_bytes(gzip.compress(bytes(raw)))
+    monkeypatch.setenv("NORMBENCH_FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(NormbenchError, match=f"{name}: checksum mismatch"):
+        data.load("fashion-mnist")
+
+
+def test_fashion_mnist_offline_without_files_is_a_clear_error(tmp_path, monkeypatch):
+    pytest.importorskip("keras")
+    monkeypatch.setenv("NORMBENCH_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: Name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(NormbenchError, match="install Debian's dataset-fashion-mnist"):
+        data.load("fashion-mnist")
+
+
+def test_conversion_script_is_deterministic(tmp_path):
+    """scripts/make_mnist10k.py on a fake package: exact bytes back, 20% per class held out."""
+    spec = importlib.util.spec_from_file_location("make_mnist10k", ROOT / "scripts" / "make_mnist10k.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_mnist10k"] = module
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    digits_dir = tmp_path / "src" / "digits"
+    digits_dir.mkdir(parents=True)
+    originals = {}
+    for d in range(10):
+        images = rng.integers(0, 256, (10 + d, 28, 28), dtype=np.uint8)
+        originals[d] = images
+        values = [round(v / 255, 3) for v in images.reshape(-1).tolist()]
+        (digits_dir / f"{d}.json").write_text(json.dumps({"data": values}))
+    digits = module._digits_from_dir(tmp_path)
+    for d in range(10):
+        np.testing.assert_array_equal(digits[d], originals[d])
+    a, b = module.stratified_split(digits), module.stratified_split(digits)
+    assert data.content_sha256(a) == data.content_sha256(b)
+    assert len(a["y_test"]) == round(sum(10 + d for d in range(10)) * 0.2)

@@ -1,0 +1,33 @@
+"""The tutorial CNN, built for each norm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from normbench import norms, spec as specs  # noqa: E402
+from normbench.models import build_model  # noqa: E402
+
+
+@pytest.mark.parametrize("norm_type,norm_params", [("none", 0), ("group", 20), ("instance", 20),
+                                                    ("layer", 20), ("batch", 40)])
+def test_tutorial_architecture(norm_type, norm_params):
+    spec = specs.Spec.model_validate({"name": "t", "model": {"norm": {"type": norm_type}}})
+    model = build_model(spec.model, norms.make(spec.model.norm)[0])
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[0] == "Conv2D" and kinds[-4:] == ["Flatten", "Dense", "Dropout", "Dense"]
+    assert len(kinds) == (5 if norm_type == "none" else 6)
+    # conv 3*3*1*10+10, dense 26*26*10*128+128, out 128*10+10 (BN adds moving mean/variance)
+    assert model.count_params() == 100 + 865_408 + 1_290 + norm_params
+    out = model(np.zeros((2, 28, 28, 1), np.float32))
+    assert out.shape == (2, 10)
+    np.testing.assert_allclose(np.asarray(out).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_models_do_not_share_norm_layers():
+    spec = specs.Spec(name="t")
+    factory = norms.make(spec.model.norm)[0]
+    a, b = build_model(spec.model, factory), build_model(spec.model, factory)
+    assert a.layers[1] is not b.layers[1]

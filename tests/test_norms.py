@@ -1,0 +1,86 @@
+"""The norm registry: names, aliases, implementation choice and fresh layers per call."""
+
+from __future__ import annotations
+
+import pytest
+
+from normbench import norms, spec as specs
+from normbench.errors import NormbenchError
+
+
+def norm_spec(**fields) -> specs.NormSpec:
+    return specs.Spec.model_validate({"name": "t", "model": {"norm": fields}}).model.norm
+
+
+@pytest.mark.parametrize("name,expected", [("GN", "group"), (" instance ", "instance"),
+                                           ("bn", "batch"), ("identity", "none"), ("Layer", "layer")])
+def test_canonical_names_and_aliases(name, expected):
+    assert norms.canonical(name) == expected
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown norm 'weight'; choose from none, batch, layer, group, instance"):
+        norms.canonical("weight")
+
+
+def test_effective_groups():
+    assert [norms.effective_groups(t, 5, 10) for t in ("layer", "group", "instance", "batch")] == [1, 5, 10, None]
+
+
+@pytest.mark.parametrize("norm_type", list(norms.NORMS))
+def test_factory_makes_a_new_layer_per_call(norm_type):
+    pytest.importorskip("tensorflow")
+    factory, impl = norms.make(norm_spec(type=norm_type))
+    if norm_type == "none":
+        assert factory is None and impl == "none"
+        return
+    assert factory() is not factory()
+    assert impl in norms.NORMS[norm_type].impls
+
+
+def test_auto_uses_tfa_only_when_it_works():
+    pytest.importorskip("tensorflow")
+    usable, reason = norms.tfa_status()
+    impl = norms.resolve_impl("group", "auto")
+    assert impl == ("tfa" if usable else "native")
+    if not usable:
+        assert "tensorflow-addons" in reason
+        with pytest.raises(NormbenchError, match="'tfa' is unusable here: tensorflow-addons"):
+            norms.resolve_impl("group", "tfa")
+
+
+@pytest.mark.parametrize("norm_type,impl,cls", [
+    ("group", "native", "normbench.layers.GroupNormalization"),
+    ("instance", "native", "normbench.layers.InstanceNormalization"),
+    ("layer", "native", "normbench.layers.GroupNormalization"),
+    ("group", "keras", "GroupNormalization"),
+    ("batch", "keras", "BatchNormalization"),
+])
+def test_implementation_classes(norm_type, impl, cls):
+    pytest.importorskip("tensorflow")
+    factory, used = norms.make(norm_spec(type=norm_type, impl=impl))
+    layer = factory()
+    assert used == impl
+    assert f"{type(layer).__module__}.{type(layer).__name__}".endswith(cls)
+    if norm_type == "layer":
+        assert layer.groups == 1
+
+
+def test_factory_passes_every_spec_field():
+    pytest.importorskip("tensorflow")
+    spec = norm_spec(type="group", groups=2, epsilon=1e-5, center=False, scale=True,
+                     gamma_initializer="he_normal", impl="native")
+    layer = norms.make(spec)[0]()
+    config = layer.get_config()
+    assert (config["groups"], config["epsilon"], config["center"], config["scale"]) == (2, 1e-5, False, True)
+    assert "HeNormal" in str(config["gamma_initializer"])
+
+
+def test_instance_and_layer_via_keras_match_native():
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("tensorflow")
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
+    for norm_type in ("instance", "layer"):
+        native = norms.make(norm_spec(type=norm_type, impl="native"))[0]()
+        builtin = norms.make(norm_spec(type=norm_type, impl="keras"))[0]()
+        np.testing.assert_allclose(np.asarray(native(x)), np.asarray(builtin(x)), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,111 @@
+"""Run records on disk, skipped entries, grouping statistics and the rendered tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from normbench import results
+from normbench.errors import NormbenchError
+
+README = Path(__file__).parents[1] / "results" / "README.md"
+
+
+def test_save_writes_a_whole_run_directory(tmp_path, make_record):
+    rec = make_record()
+    path = results.save(rec, "name: gn\n", tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == ["history.csv", "metrics.json", "spec.yaml"]
+    assert results.RunRecord.model_validate_json((path / "metrics.json").read_text()) == rec
+    rows = list(csv.DictReader(io.StringIO((path / "history.csv").read_text())))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["loss"] == "0.25"
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_save_never_overwrites_a_finished_run(tmp_path, make_record):
+    results.save(make_record(), "a\n", tmp_path)
+    with pytest.raises(OSError):
+        results.save(make_record(test_accuracy=0.1), "b\n", tmp_path)
+    (loaded,), _ = results.load_records(tmp_path)
+    assert loaded.test_accuracy == 0.9
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
+
+
+def test_nan_loss_round_trips(tmp_path, make_record):
+    results.save(make_record(status="diverged", test_loss=float("nan")), "a\n", tmp_path)
+    (loaded,), _ = results.load_records(tmp_path)
+    assert loaded.status == "diverged" and loaded.test_loss != loaded.test_loss
+
+
+def test_unwritable_results_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(NormbenchError, match="not writable"):
+        results.prepare(blocker / "results")
+
+
+def test_damaged_entries_are_skipped_with_reasons(tmp_path, make_record):
+    results.save(make_record(), "a\n", tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "half").mkdir()
+    (runs / "half" / "metrics.json").write_text('{"run_id": "half", "name"')
+    (runs / "nometrics").mkdir()
+    (runs / "stray.txt").write_text("hello")
+    (runs / ".gn-staging.123").mkdir()  # a run being written right now: not reported
+    records, skipped = results.load_records(tmp_path)
+    assert [r.run_id for r in records] == ["gn-20260101-000000-abcdef"]
+    reasons = dict(skipped)
+    assert reasons["nometrics"] == "no metrics.json"
+    assert reasons["stray.txt"] == "not a run directory"
+    assert reasons["half"].startswith("unreadable metrics.json")
+    assert len(skipped) == 3
+
+
+def test_group_statistics_by_hand(make_record):
+    recs = [make_record(run_id=f"r{i}", seed=i, test_accuracy=a, steady_samples_per_s=s)
+            for i, (a, s) in enumerate([(0.90, 1000.0), (0.92, 2000.0), (0.97, 3000.0)])]
+    other = make_record(run_id="o", name="bn", config_hash="d" * 64, norm_type="batch", test_accuracy=0.95)
+    smoke = make_record(run_id="s", smoke=True, test_accuracy=0.5)
+    rows = results.group_rows(recs + [other, smoke])
+    gn = next(r for r in rows if r["name"] == "gn" and not r["smoke"])
+    assert gn["runs"] == 3
+    assert gn["test_acc_mean"] == pytest.approx(0.93)
+    assert gn["test_acc_std"] == pytest.approx(statistics.stdev([0.90, 0.92, 0.97]))
+    assert gn["test_acc_std"] == pytest.approx(0.036055512754639925)
+    assert gn["test_acc_best"] == 0.97 and gn["samples_per_s"] == pytest.approx(2000.0)
+    bn = next(r for r in rows if r["name"] == "bn")
+    assert bn["runs"] == 1 and bn["test_acc_std"] is None
+    assert bn["best"] and not gn["best"]  # best mean accuracy per dataset
+    assert next(r for r in rows if r["smoke"])["best"]  # smoke runs are ranked apart
+
+
+def test_render_formats(make_record):
+    rows = results.group_rows([make_record()])
+    md = results.render(rows, results.GROUP_COLUMNS, "md")
+    assert md.splitlines()[0].startswith("| name | dataset |") and "**90.00%**" in md
+    parsed = list(csv.DictReader(io.StringIO(results.render(rows, results.GROUP_COLUMNS, "csv"))))
+    assert float(parsed[0]["test_acc_mean"]) == 0.9
+    assert json.loads(results.render(rows, results.GROUP_COLUMNS, "json"))[0]["runs"] == 1
+
+
+def test_summaries_rebuilt_from_records(tmp_path, make_record):
+    results.save(make_record(run_id="a"), "x\n", tmp_path)
+    results.save(make_record(run_id="b", seed=1, test_accuracy=0.8), "x\n", tmp_path)
+    (tmp_path / "runs" / "junk").mkdir()
+    skipped = results.write_summaries(tmp_path)
+    assert skipped == [("junk", "no metrics.json")]
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["run_id"] for r in rows] == ["a", "b"] and list(rows[0]) == list(results.RUN_COLUMNS)
+    md = (tmp_path / "summary.md").read_text()
+    assert "2 run(s)" in md and "85.00%" in md and "`junk`: no metrics.json" in md
+
+
+def test_every_column_is_documented():
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", README.read_text(), re.M))
+    missing = (set(results.RUN_COLUMNS) | set(results.GROUP_COLUMNS)) - documented
+    assert not missing, f"results/README.md lacks {sorted(missing)}"
