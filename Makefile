@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test venv clean
+LEGACY_PYTHON ?= python3.11
+LEGACY := .venv-legacy
+
+.PHONY: demo test venv clean legacy-venv legacy-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +29,18 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
+# TF 2.15 + tensorflow-addons 0.23, where tfa still works: normbench is tested against it live.
+$(LEGACY)/.installed: requirements-legacy.txt pyproject.toml
+	$(LEGACY_PYTHON) -m venv $(LEGACY)
+	$(LEGACY)/bin/python -m pip install -q --upgrade pip
+	$(LEGACY)/bin/python -m pip install -q -r requirements-legacy.txt
+	$(LEGACY)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+legacy-venv: $(LEGACY)/.installed
+
+legacy-test: $(LEGACY)/.installed
+	$(LEGACY)/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LEGACY) .pytest_cache

@@ -163,6 +163,46 @@ def compare(results_dir: Path = RESULTS,
         err.print(f"skipped {name}: {why}", markup=False)
 
 
+@app.command()
+def verify(quick: bool = typer.Option(False, "--quick", help="Every 7th case and a smaller batch test."),
+           format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+           failures_only: bool = typer.Option(False, "--failures", help="Show failed checks only.")
+           ) -> None:
+    """Check the GN/IN layers' numerics on this stack: vs float64, tfa (if it runs) and Keras."""
+    from normbench import verify as checks  # imports TensorFlow
+
+    found = checks.run_all(quick=quick)
+    rows = [{"check": r.check, "case": r.case, "output_error": r.output_error,
+             "grad_error": r.grad_error, "native_exact": r.native_exact,
+             "other_exact": r.other_exact, "tolerance": r.tolerance, "ok": r.ok}
+            for r in found if not (failures_only and r.ok)]
+    columns = ("check", "case", "output_error", "grad_error", "native_exact", "other_exact",
+               "tolerance", "ok")
+    if format is Format.table:
+        table = Table(title=f"{len(found)} checks, {sum(not r.ok for r in found)} failed. error = "
+                            "max|a-b| / max|b| per tensor; grad = worst of x, gamma, beta; "
+                            "*_exact = each side vs float64",
+                      title_justify="left", box=box.SIMPLE_HEAD)
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("check", "case") else "right")
+        def sci(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1e}"
+
+        for row in rows:
+            table.add_row(row["check"], row["case"], sci(row["output_error"]),
+                          sci(row["grad_error"]), sci(row["native_exact"]), sci(row["other_exact"]),
+                          f"{row['tolerance']:.0e}", "pass" if row["ok"] else "[red]FAIL[/]")
+        out.print(table)
+    else:
+        out.print(results.render(rows, columns, format.value), end="", markup=False)
+    worst: dict[str, float] = {}
+    for r in found:
+        worst[r.check] = max(worst.get(r.check, 0.0), r.output_error, r.grad_error or 0.0)
+    err.print("worst: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()), markup=False)
+    if not all(r.ok for r in found):
+        raise typer.Exit(1)
+
+
 @app.command("norms")
 def list_norms() -> None:
     """List the normalization layers and their implementations."""

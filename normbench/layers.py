@@ -10,6 +10,27 @@ import keras
 import tensorflow as tf
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
+KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+
+
+def _no_input_autocast(layer: keras.layers.Layer) -> None:
+    """Let float32 inputs reach call() uncast under a mixed policy (Keras 3 and Keras 2 spell it
+    differently): statistics of values beyond float16's range must not overflow on the way in."""
+    if KERAS_3:
+        layer.autocast = False
+    else:
+        layer._autocast = False
+
+
+def _mean(t: tf.Tensor, axes: list[int]) -> tf.Tensor:
+    """Mean over `axes`, one axis at a time: every float32 sum stays as short as one dimension.
+
+    One reduction over a whole 600x400x8 group can be off by 3e-5 (relative), and by how much
+    depends on the batch size TensorFlow sees (tfa issue 2745); means of means are exact here.
+    """
+    for axis in sorted(axes, reverse=True):
+        t = tf.reduce_mean(t, axis=axis, keepdims=True)
+    return t
 
 
 @keras.utils.register_keras_serializable(package="normbench")
@@ -26,7 +47,9 @@ class GroupNormalization(keras.layers.Layer):
     output of one sample never depends on the rest of its batch, in training or at inference.
 
     Arguments and defaults are tensorflow-addons' (groups=2, epsilon=1e-3); weights are named
-    `gamma` and `beta`. Statistics are computed in float32 when inputs are float16/bfloat16.
+    `gamma` and `beta`. Under a mixed-precision policy, inputs are not cast down on the way in,
+    statistics are computed in float32 (float64 for float64 inputs) and the output has the
+    layer's compute dtype.
     """
 
     def __init__(self, groups=2, axis=-1, epsilon=1e-3, center=True, scale=True,
@@ -38,6 +61,7 @@ class GroupNormalization(keras.layers.Layer):
             raise ValueError("axis=0 is the batch axis: normalizing over it is batch "
                              "normalization; use BatchNormalization")
         self.supports_masking = True
+        _no_input_autocast(self)
         self.groups = int(groups)
         self.axis = int(axis)
         self.epsilon = float(epsilon)
@@ -84,8 +108,7 @@ class GroupNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
-        out_dtype = x.dtype
-        if out_dtype in _LOW_PRECISION:  # float16 statistics overflow (tfa issue 2550)
+        if x.dtype in _LOW_PRECISION:  # float16 statistics overflow (tfa issue 2550)
             x = tf.cast(x, tf.float32)
         rank = x.shape.rank
         axis = self.axis % rank
@@ -99,7 +122,8 @@ class GroupNormalization(keras.layers.Layer):
         # with a large common offset (mean 1e4, std 1e-2) would lose the spread to rounding.
         first = tuple(slice(0, 1) if i in reduce_axes else slice(None) for i in range(rank + 1))
         centered = grouped - tf.stop_gradient(grouped[first])
-        mean, variance = tf.nn.moments(centered, reduce_axes, keepdims=True)
+        mean = _mean(centered, reduce_axes)
+        variance = _mean(tf.math.squared_difference(centered, mean), reduce_axes)
         inv = tf.math.rsqrt(variance + tf.cast(self.epsilon, x.dtype))
         weight_shape = [1] * (rank + 1)
         weight_shape[axis:axis + 2] = [groups, dim // groups]
@@ -110,7 +134,7 @@ class GroupNormalization(keras.layers.Layer):
         outputs = (centered - mean) * inv
         if self.center:
             outputs = outputs + tf.reshape(tf.cast(self.beta, x.dtype), weight_shape)
-        return tf.cast(tf.reshape(outputs, dynamic), out_dtype)
+        return tf.cast(tf.reshape(outputs, dynamic), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -9,25 +9,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from normbench.layers import GroupNormalization, InstanceNormalization  # noqa: E402
-
-
-def reference(x, groups, axis, gamma, beta, eps):
-    """tfa's formula in float64: per sample and group, (x - mean) / sqrt(var + eps) * g + b."""
-    x = np.asarray(x, np.float64)
-    axis = axis % x.ndim
-    c = x.shape[axis]
-    g = c if groups == -1 else groups
-    moved = np.moveaxis(x, axis, 1)  # (N, C, ...)
-    grouped = moved.reshape(x.shape[0], g, c // g, -1)
-    mean = grouped.mean(axis=(2, 3), keepdims=True)
-    var = ((grouped - mean) ** 2).mean(axis=(2, 3), keepdims=True)
-    y = ((grouped - mean) / np.sqrt(var + eps)).reshape(moved.shape)
-    shape = [1, c] + [1] * (x.ndim - 2)
-    if gamma is not None:
-        y = y * np.reshape(gamma, shape)
-    if beta is not None:
-        y = y + np.reshape(beta, shape)
-    return np.moveaxis(y, 1, axis)
+from normbench.verify import reference, reference_grads  # noqa: E402
 
 
 CASES = [  # (shape, axis, groups)
@@ -103,6 +85,9 @@ def test_gradients_match_numeric_float64(shape, axis, groups, center, scale):
     assert len(got) == len(want)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    closed = reference_grads(x, w, groups, axis, gamma, 1e-3)  # what `normbench verify` uses
+    for g, name in zip(want, ["x"] + (["gamma"] if scale else []) + (["beta"] if center else [])):
+        np.testing.assert_allclose(closed[name], g, rtol=1e-5, atol=1e-6)
 
 
 def test_float32_gradients_match_float64_layer():
