@@ -173,3 +173,72 @@ class InstanceNormalization(GroupNormalization):
         config = super().get_config()
         del config["groups"]
         return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading models saved in the tensorflow-addons era
+
+CUSTOM_OBJECTS = {
+    "Addons>GroupNormalization": GroupNormalization,
+    "Addons>InstanceNormalization": InstanceNormalization,
+}
+
+
+def _keras2_config_to_keras3(node):
+    """Rewrite what Keras 3 cannot read in a Keras 2 `.keras` config (recursively)."""
+    if isinstance(node, list):
+        return [_keras2_config_to_keras3(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _keras2_config_to_keras3(v) for k, v in node.items()}
+    if node.get("registered_name") in CUSTOM_OBJECTS:  # tfa's classes -> ours
+        node["module"] = __name__
+        node["registered_name"] = f"normbench>{node['class_name']}"
+    if node.get("module") == "keras.src.engine.functional":  # Keras 2's home of Functional
+        node["module"] = "keras.src.models.functional"
+    config = node.get("config")
+    if isinstance(config, dict) and "batch_input_shape" in config:
+        shape = config.pop("batch_input_shape")  # Keras 3 keeps input shapes on InputLayer only
+        if node.get("class_name") == "InputLayer":
+            config["batch_shape"] = shape
+            config.pop("ragged", None)
+    return node
+
+
+def load_model(path, *, compile: bool = False, safe_mode: bool = True):
+    """Load a Keras model whose GroupNormalization/InstanceNormalization came from tfa.
+
+    `Addons>GroupNormalization` and `Addons>InstanceNormalization` resolve to normbench's layers
+    (same arguments, weights and outputs). Works for HDF5 (`.h5`) files and `.keras` archives;
+    a `.keras` archive written by Keras 2 (TF <= 2.15) has its config translated for Keras 3.
+    Compiling is off by default: tfa-era optimizer states rarely restore across Keras versions.
+    """
+    import json
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    if KERAS_3 and path.suffix == ".keras" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+            if str(metadata.get("keras_version", "3")).startswith("2."):
+                with tempfile.TemporaryDirectory() as tmp:
+                    translated = Path(tmp) / path.name
+                    with zipfile.ZipFile(translated, "w") as out:
+                        for item in archive.infolist():
+                            data = archive.read(item)
+                            if item.filename == "config.json":
+                                data = json.dumps(_keras2_config_to_keras3(json.loads(data))).encode()
+                            out.writestr(item, data)
+                    try:
+                        return keras.models.load_model(translated, custom_objects=CUSTOM_OBJECTS,
+                                                       compile=compile, safe_mode=safe_mode)
+                    except (TypeError, ValueError) as exc:
+                        raise ValueError(
+                            f"{path}: this Keras {metadata['keras_version']} archive could not be "
+                            f"translated for Keras {keras.__version__} ({str(exc).splitlines()[0]}"
+                            "); on TF <= 2.15 re-save it as HDF5 (model.save('model.h5')) and "
+                            "load that instead") from None
+    kwargs = {"safe_mode": safe_mode} if KERAS_3 else {}
+    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile, **kwargs)
