@@ -33,6 +33,53 @@ def _mean(t: tf.Tensor, axes: list[int]) -> tf.Tensor:
     return t
 
 
+def _affine_weights(layer, shape) -> None:
+    """gamma/beta (when scale/center) of `shape`, with the layer's initializers and the rest."""
+    layer.gamma = layer.beta = None
+    if layer.scale:
+        layer.gamma = layer.add_weight(name="gamma", shape=shape, initializer=layer.gamma_initializer,
+                                       regularizer=layer.gamma_regularizer,
+                                       constraint=layer.gamma_constraint)
+    if layer.center:
+        layer.beta = layer.add_weight(name="beta", shape=shape, initializer=layer.beta_initializer,
+                                      regularizer=layer.beta_regularizer,
+                                      constraint=layer.beta_constraint)
+
+
+def _affine_config(layer) -> dict:
+    return {"center": layer.center, "scale": layer.scale,
+            "beta_initializer": keras.initializers.serialize(layer.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(layer.gamma_initializer),
+            "beta_regularizer": keras.regularizers.serialize(layer.beta_regularizer),
+            "gamma_regularizer": keras.regularizers.serialize(layer.gamma_regularizer),
+            "beta_constraint": keras.constraints.serialize(layer.beta_constraint),
+            "gamma_constraint": keras.constraints.serialize(layer.gamma_constraint)}
+
+
+def _affine_init(layer, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+                 gamma_regularizer, beta_constraint, gamma_constraint) -> None:
+    layer.center, layer.scale = bool(center), bool(scale)
+    layer.beta_initializer = keras.initializers.get(beta_initializer)
+    layer.gamma_initializer = keras.initializers.get(gamma_initializer)
+    layer.beta_regularizer = keras.regularizers.get(beta_regularizer)
+    layer.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+    layer.beta_constraint = keras.constraints.get(beta_constraint)
+    layer.gamma_constraint = keras.constraints.get(gamma_constraint)
+
+
+def _apply_affine(layer, normalized: tf.Tensor) -> tf.Tensor:
+    if layer.scale:
+        normalized = normalized * tf.cast(layer.gamma, normalized.dtype)
+    if layer.center:
+        normalized = normalized + tf.cast(layer.beta, normalized.dtype)
+    return normalized
+
+
+def _stats_input(inputs) -> tf.Tensor:
+    x = tf.convert_to_tensor(inputs)
+    return tf.cast(x, tf.float32) if x.dtype in _LOW_PRECISION else x
+
+
 @keras.utils.register_keras_serializable(package="normbench")
 class GroupNormalization(keras.layers.Layer):
     """Group Normalization (Wu & He, 2018, https://arxiv.org/abs/1803.08494).
@@ -65,14 +112,8 @@ class GroupNormalization(keras.layers.Layer):
         self.groups = int(groups)
         self.axis = int(axis)
         self.epsilon = float(epsilon)
-        self.center = bool(center)
-        self.scale = bool(scale)
-        self.beta_initializer = keras.initializers.get(beta_initializer)
-        self.gamma_initializer = keras.initializers.get(gamma_initializer)
-        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
-        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
-        self.beta_constraint = keras.constraints.get(beta_constraint)
-        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        _affine_init(self, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+                     gamma_regularizer, beta_constraint, gamma_constraint)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -93,17 +134,7 @@ class GroupNormalization(keras.layers.Layer):
                              f"{self.axis}; {dim} % {groups} = {dim % groups}")
         self._num_groups = groups
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: dim})
-        self.gamma = self.beta = None
-        if self.scale:
-            self.gamma = self.add_weight(name="gamma", shape=(dim,),
-                                         initializer=self.gamma_initializer,
-                                         regularizer=self.gamma_regularizer,
-                                         constraint=self.gamma_constraint)
-        if self.center:
-            self.beta = self.add_weight(name="beta", shape=(dim,),
-                                        initializer=self.beta_initializer,
-                                        regularizer=self.beta_regularizer,
-                                        constraint=self.beta_constraint)
+        _affine_weights(self, (dim,))
         super().build(input_shape)
 
     def call(self, inputs):
@@ -145,14 +176,7 @@ class GroupNormalization(keras.layers.Layer):
             "groups": self.groups,
             "axis": self.axis,
             "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+            **_affine_config(self),
         }
 
 
@@ -173,6 +197,150 @@ class InstanceNormalization(GroupNormalization):
         config = super().get_config()
         del config["groups"]
         return config
+
+
+@keras.utils.register_keras_serializable(package="normbench")
+class FilterResponseNormalization(keras.layers.Layer):
+    """Filter Response Normalization with a Thresholded Linear Unit (Singh & Krishnan, 2019,
+    https://arxiv.org/abs/1911.09737).
+
+    Per sample and channel: `nu2 = mean(x^2)` over the spatial axes (no mean is subtracted),
+    `y = max(gamma * x / sqrt(nu2 + |eps|) + beta, tau)` with a learned per-channel threshold tau.
+    Like InstanceNorm it never mixes samples; unlike it, it keeps each channel's mean.
+
+    Arguments are tensorflow-addons' (epsilon=1e-6, axis=[1, 2] on NHWC, learned_epsilon, ...),
+    whose layer lacked the TLU: `use_tlu=False` reproduces it exactly (weights gamma, beta of shape
+    (1, 1, 1, C) as there); center/scale may drop beta/gamma.
+    """
+
+    def __init__(self, epsilon=1e-6, axis=(1, 2), beta_initializer="zeros", gamma_initializer="ones",
+                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, learned_epsilon=False, learned_epsilon_constraint=None,
+                 use_tlu=True, tau_initializer="zeros", center=True, scale=True, **kwargs):
+        super().__init__(**kwargs)
+        if sorted(axis) != [1, 2]:
+            raise ValueError(f"axis must be the spatial axes [1, 2] of an NHWC input, got {list(axis)}")
+        self.supports_masking = True
+        _no_input_autocast(self)
+        self.epsilon = float(epsilon)
+        self.axis = [1, 2]
+        self.learned_epsilon = bool(learned_epsilon)
+        self.learned_epsilon_constraint = keras.constraints.get(learned_epsilon_constraint)
+        self.use_tlu = bool(use_tlu)
+        self.tau_initializer = keras.initializers.get(tau_initializer)
+        _affine_init(self, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+                     gamma_regularizer, beta_constraint, gamma_constraint)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 4 or None in shape[1:]:
+            raise ValueError(f"FilterResponseNormalization needs NHWC inputs with known H, W, C; "
+                             f"got shape {shape}")
+        weight_shape = (1, 1, 1, shape[-1])
+        _affine_weights(self, weight_shape)
+        self.tau = self.eps_learned = None
+        if self.use_tlu:
+            self.tau = self.add_weight(name="tau", shape=weight_shape, initializer=self.tau_initializer)
+        if self.learned_epsilon:
+            self.eps_learned = self.add_weight(name="learned_epsilon", shape=(1,),
+                                               initializer=keras.initializers.Constant(1e-4),
+                                               constraint=self.learned_epsilon_constraint)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = _stats_input(inputs)
+        epsilon = tf.abs(tf.cast(self.epsilon, x.dtype))
+        if self.learned_epsilon:
+            epsilon = epsilon + tf.abs(tf.cast(self.eps_learned, x.dtype))
+        nu2 = _mean(tf.square(x), self.axis)
+        outputs = _apply_affine(self, x * tf.math.rsqrt(nu2 + epsilon))
+        if self.use_tlu:
+            outputs = tf.maximum(outputs, tf.cast(self.tau, x.dtype))
+        return tf.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "axis": self.axis,
+                "learned_epsilon": self.learned_epsilon,
+                "learned_epsilon_constraint": keras.constraints.serialize(self.learned_epsilon_constraint),
+                "use_tlu": self.use_tlu,
+                "tau_initializer": keras.initializers.serialize(self.tau_initializer),
+                **_affine_config(self)}
+
+
+@keras.utils.register_keras_serializable(package="normbench")
+class RMSNormalization(keras.layers.Layer):
+    """RMSNorm (Zhang & Sennrich, 2019, https://arxiv.org/abs/1910.07467).
+
+    `y = x / sqrt(mean(x^2 over axis) + epsilon) * gamma (+ beta if center)`: LayerNorm over
+    `axis` without re-centering. In a CNN with axis=-1 each pixel is scaled by the RMS of its
+    channels. The paper has no beta, hence center=False by default.
+    """
+
+    def __init__(self, axis=-1, epsilon=1e-6, center=False, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
+                 beta_constraint=None, gamma_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        if axis == 0:
+            raise ValueError("axis=0 is the batch axis; RMSNorm normalizes features")
+        self.supports_masking = True
+        _no_input_autocast(self)
+        self.axis = int(axis)
+        self.epsilon = float(epsilon)
+        _affine_init(self, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+                     gamma_regularizer, beta_constraint, gamma_constraint)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if not -len(shape) <= self.axis < len(shape) or shape[self.axis] is None:
+            raise ValueError(f"axis {self.axis} must be a feature axis of known size; got shape {shape}")
+        weight_shape = [1] * len(shape)
+        weight_shape[self.axis] = shape[self.axis]
+        _affine_weights(self, (shape[self.axis],))
+        self._weight_shape = weight_shape
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = _stats_input(inputs)
+        ms = tf.reduce_mean(tf.square(x), axis=self.axis, keepdims=True)
+        normalized = x * tf.math.rsqrt(ms + tf.cast(self.epsilon, x.dtype))
+        if self.scale:
+            normalized = normalized * tf.reshape(tf.cast(self.gamma, x.dtype), self._weight_shape)
+        if self.center:
+            normalized = normalized + tf.reshape(tf.cast(self.beta, x.dtype), self._weight_shape)
+        return tf.cast(normalized, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,
+                **_affine_config(self)}
+
+
+@keras.utils.register_keras_serializable(package="normbench")
+class WSConv2D(keras.layers.Conv2D):
+    """Conv2D with Weight Standardization (Qiao et al., 2019, https://arxiv.org/abs/1903.10520).
+
+    Each output filter's kernel is standardized over (kh, kw, in_channels) before convolving:
+    `W_hat = (W - mean) / sqrt(var + ws_epsilon)`. Paired with GroupNorm it was the GN paper's
+    strongest follow-up at small batch sizes. The stored kernel stays unstandardized.
+    """
+
+    def __init__(self, *args, ws_epsilon=1e-5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ws_epsilon = float(ws_epsilon)
+
+    def convolution_op(self, inputs, kernel):
+        kernel = tf.convert_to_tensor(kernel)
+        mean, variance = tf.nn.moments(kernel, axes=[0, 1, 2], keepdims=True)
+        standardized = (kernel - mean) * tf.math.rsqrt(variance + tf.cast(self.ws_epsilon, kernel.dtype))
+        return super().convolution_op(inputs, standardized)
+
+    def get_config(self):
+        return {**super().get_config(), "ws_epsilon": self.ws_epsilon}
 
 
 # ---------------------------------------------------------------------------------------------

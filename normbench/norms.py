@@ -20,6 +20,8 @@ class Norm:
     summary: str
     impls: tuple[str, ...]  # concrete implementations, in the order `auto` prefers them
     uses_groups: bool = False  # whether the spec's `groups` applies
+    channels_last_only: bool = False  # axis must be the channel axis (-1 == 3)
+    ws_conv: bool = False  # the conv before it uses Weight Standardization
 
 
 NORMS: dict[str, Norm] = {
@@ -34,9 +36,20 @@ NORMS: dict[str, Norm] = {
              ("tfa", "native", "keras"), uses_groups=True),
         Norm("instance", "InstanceNorm: per sample and channel over (H, W) = GroupNorm(groups=C)",
              ("tfa", "native", "keras")),
+        Norm("layer_channels", "Keras LayerNormalization(axis=-1): each pixel over its channels",
+             ("keras",)),
+        Norm("frn", "Filter Response Norm + TLU (Singh & Krishnan 2019): per sample and channel, "
+             "x / RMS over (H, W), then max(., tau)", ("native",), channels_last_only=True),
+        Norm("rms", "RMSNorm (Zhang & Sennrich 2019): each pixel divided by the RMS of its channels",
+             ("native", "keras")),
+        Norm("batch_renorm", "Batch Renormalization (Ioffe 2017): BN pulled toward its moving "
+             "statistics in training", ("keras",)),
+        Norm("ws_group", "Weight-standardized conv + GroupNorm (Qiao et al. 2019)",
+             ("tfa", "native", "keras"), uses_groups=True, ws_conv=True),
     )
 }
-ALIASES = {"bn": "batch", "ln": "layer", "gn": "group", "in": "instance", "identity": "none"}
+ALIASES = {"bn": "batch", "ln": "layer", "gn": "group", "in": "instance", "identity": "none",
+           "brn": "batch_renorm", "ws_gn": "ws_group", "rmsnorm": "rms"}
 
 
 def canonical(name: str) -> str:
@@ -55,7 +68,7 @@ def allowed_impls(norm_type: str) -> tuple[str, ...]:
 
 def effective_groups(norm_type: str, groups: int | None, channels: int) -> int | None:
     """How many groups a GroupNorm-family norm uses over `channels` channels (None: not GN)."""
-    return {"layer": 1, "instance": channels, "group": groups}.get(norm_type)
+    return {"layer": 1, "instance": channels, "group": groups, "ws_group": groups}.get(norm_type)
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,25 +110,47 @@ def resolve_impl(norm_type: str, requested: str) -> str:
     if requested not in impls:
         raise NormbenchError(f"model.norm.impl: norm {norm_type!r} has no {requested!r} "
                              f"implementation; choose from {', '.join(allowed_impls(norm_type))}")
+    if norm_type == "rms" and requested == "keras":
+        import keras
+
+        if not hasattr(keras.layers, "RMSNormalization"):
+            raise NormbenchError(f"model.norm.impl: Keras {keras.__version__} has no "
+                                 "RMSNormalization (Keras >= 3.9 does); use impl 'native'")
     return requested
 
 
-def make(norm: Any) -> tuple[Callable[[], Any] | None, str]:
-    """(factory making a NEW layer per call, or None for 'none'; the implementation used).
+@dataclass(frozen=True)
+class Made:
+    """What model code needs for one norm: factories that make NEW layers per call."""
 
-    `norm` is a validated `spec.NormSpec`. A layer object used twice would share weights, so
-    model code gets the factory, never a layer.
+    norm: Callable[[], Any] | None  # None for 'none'
+    conv: Callable[..., Any]  # called as conv(filters, kernel_size)
+    impl: str
+
+
+def make(norm: Any) -> Made:
+    """Layer factories for a validated `spec.NormSpec`, and the implementation they use.
+
+    A layer object used twice would share weights, so model code gets factories, never layers.
     """
-    impl = resolve_impl(norm.type, norm.impl)
-    if impl == "none":
-        return None, impl
-    kwargs = dict(axis=norm.axis, epsilon=norm.epsilon, center=norm.center, scale=norm.scale,
-                  beta_initializer=norm.beta_initializer,
-                  gamma_initializer=norm.gamma_initializer)
-    if norm.type == "batch":
-        import keras
+    import keras
 
-        return functools.partial(keras.layers.BatchNormalization, **kwargs), impl
+    impl = resolve_impl(norm.type, norm.impl)
+    entry = NORMS[norm.type]
+    if entry.ws_conv:
+        from normbench.layers import WSConv2D as conv
+    else:
+        conv = keras.layers.Conv2D
+    if impl == "none":
+        return Made(None, conv, impl)
+    affine = dict(epsilon=norm.epsilon, center=norm.center, scale=norm.scale,
+                  beta_initializer=norm.beta_initializer, gamma_initializer=norm.gamma_initializer)
+    kwargs = dict(axis=norm.axis, **affine)
+    if norm.type in ("batch", "batch_renorm"):
+        return Made(functools.partial(keras.layers.BatchNormalization,
+                                      renorm=norm.type == "batch_renorm", **kwargs), conv, impl)
+    if norm.type == "layer_channels":
+        return Made(functools.partial(keras.layers.LayerNormalization, **kwargs), conv, impl)
     if impl == "native":
         from normbench import layers as module
     elif impl == "tfa":
@@ -123,10 +158,16 @@ def make(norm: Any) -> tuple[Callable[[], Any] | None, str]:
 
         module = tfa.layers
     else:
-        import keras
-
         module = keras.layers
+    if norm.type == "frn":  # over the spatial axes of NHWC; the spec's axis is the channel axis
+        return Made(functools.partial(module.FilterResponseNormalization, axis=[1, 2], **affine),
+                    conv, impl)
+    if norm.type == "rms":
+        if impl == "keras":  # Keras's layer: a scale only, no center option
+            return Made(functools.partial(keras.layers.RMSNormalization, axis=norm.axis,
+                                          epsilon=norm.epsilon), conv, impl)
+        return Made(functools.partial(module.RMSNormalization, **kwargs), conv, impl)
     if norm.type == "instance" and impl != "keras":
-        return functools.partial(module.InstanceNormalization, **kwargs), impl
-    groups = {"group": norm.groups, "layer": 1, "instance": -1}[norm.type]
-    return functools.partial(module.GroupNormalization, groups=groups, **kwargs), impl
+        return Made(functools.partial(module.InstanceNormalization, **kwargs), conv, impl)
+    groups = {"layer": 1, "instance": -1}.get(norm.type, norm.groups)
+    return Made(functools.partial(module.GroupNormalization, groups=groups, **kwargs), conv, impl)

@@ -93,6 +93,12 @@ class NormSpec(_Frozen):
 
     @model_validator(mode="after")
     def _impl_for_type(self) -> NormSpec:
+        if norms.NORMS[self.type].channels_last_only and self.axis not in (-1, 3):
+            raise ValueError(f"norm {self.type!r} works on the channel axis of NHWC only: "
+                             f"axis must be -1 (or 3), got {self.axis}")
+        if self.type == "rms" and self.impl == "keras" and (self.center or not self.scale):
+            raise ValueError("Keras's RMSNormalization has a scale and no offset: with impl "
+                             "'keras' set center: false and scale: true, or use impl 'native'")
         allowed = norms.allowed_impls(self.type)
         if self.impl not in allowed:
             raise ValueError(f"impl {self.impl!r} does not exist for norm {self.type!r}; "

@@ -117,9 +117,9 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False) -> Ru
     t0 = time.perf_counter()
     ds = data.load(spec.dataset, smoke=smoke)
     t = spec.train
-    factory, impl_used = norms.make(spec.model.norm)
+    made = norms.make(spec.model.norm)
     keras.utils.set_random_seed(t.seed)
-    model = build_model(spec.model, factory)
+    model = build_model(spec.model, made.norm, made.conv)
     model.compile(optimizer=OPTIMIZERS[t.optimizer](learning_rate=t.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     n_train = len(ds.y_train)
@@ -142,7 +142,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False) -> Ru
         norm_groups=norms.effective_groups(
             spec.model.norm.type, spec.model.norm.groups,
             specs.conv_output_shape(spec.model.conv_filters)[spec.model.norm.axis]),
-        impl_requested=spec.model.norm.impl, impl_used=impl_used, params=model.count_params(),
+        impl_requested=spec.model.norm.impl, impl_used=made.impl, params=model.count_params(),
         epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
         test_accuracy=float(test_accuracy), test_loss=float(test_loss),
         train_accuracy=history[-1]["accuracy"], train_loss=history[-1]["loss"],

@@ -15,6 +15,7 @@ from normbench.cli import app
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs"
+NAMES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 runner = CliRunner()
 
 
@@ -86,7 +87,7 @@ def smoke_results(tmp_path_factory):
 def test_smoke_run_writes_every_file(smoke_results):
     out, result = smoke_results
     runs = sorted((out / "runs").iterdir())
-    assert len(runs) == 5
+    assert len(runs) == len(NAMES)
     for run in runs:
         assert sorted(p.name for p in run.iterdir()) == ["history.csv", "metrics.json", "spec.yaml"]
         metrics = json.loads((run / "metrics.json").read_text())
@@ -95,10 +96,11 @@ def test_smoke_run_writes_every_file(smoke_results):
         assert metrics["epochs"] == 1 and "epochs: 1" in (run / "spec.yaml").read_text()
         assert 0.5 < metrics["test_accuracy"] <= 1.0  # 1,000 digits, 1 epoch: well above chance
         assert metrics["steady_samples_per_s"] > 0 and metrics["env"]["tensorflow"]
-        expected_impl = {"batch": "keras", "none": "none"}.get(metrics["norm_type"], "native")
+        expected_impl = {"batch": "keras", "none": "none", "batch_renorm": "keras",
+                         "layer_channels": "keras"}.get(metrics["norm_type"], "native")
         if metrics["env"]["tfa"] is None:
             assert metrics["impl_used"] == expected_impl
-    assert (out / "summary.csv").read_text().count("\n") == 6
+    assert (out / "summary.csv").read_text().count("\n") == len(NAMES) + 1
     assert "This invocation" in result.stdout
 
 
@@ -119,11 +121,11 @@ def test_compare_reads_the_runs(smoke_results, fmt):
     before = sorted(p.name for p in out.rglob("*"))
     result = invoke("compare", "--results", out, "--format", fmt)
     assert result.exit_code == 0, result.output
-    for name in ("groupnorm", "instancenorm", "layernorm", "batchnorm", "nonorm"):
+    for name in NAMES:
         assert name in result.stdout
     if fmt == "json":
         rows = json.loads(result.stdout)
-        assert len(rows) == 5 and sum(r["best"] for r in rows) == 1
+        assert len(rows) == len(NAMES) and sum(r["best"] for r in rows) == 1
     assert sorted(p.name for p in out.rglob("*")) == before  # compare only reads
 
 
@@ -137,5 +139,5 @@ def test_compare_reports_damaged_runs_and_shows_the_rest(smoke_results, tmp_path
     (victim / "metrics.json").write_text('{"truncated": ')
     result = invoke("compare", "--results", copy, "--format", "csv", "--runs")
     assert result.exit_code == 0
-    assert result.stdout.count("\n") == 5  # header + 4 readable runs
+    assert result.stdout.count("\n") == len(NAMES)  # header + the readable runs
     assert f"skipped {victim.name}: unreadable metrics.json" in result.stderr

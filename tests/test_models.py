@@ -11,13 +11,15 @@ from normbench import norms, spec as specs  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
 
-@pytest.mark.parametrize("norm_type,norm_params", [("none", 0), ("group", 20), ("instance", 20),
-                                                    ("layer", 20), ("batch", 40)])
+@pytest.mark.parametrize("norm_type,norm_params", [
+    ("none", 0), ("group", 20), ("instance", 20), ("layer", 20), ("batch", 40),
+    ("layer_channels", 20), ("frn", 30), ("rms", 20), ("batch_renorm", 40 + 30), ("ws_group", 20)])  # renorm: 3 more statistics per channel
 def test_tutorial_architecture(norm_type, norm_params):
     spec = specs.Spec.model_validate({"name": "t", "model": {"norm": {"type": norm_type}}})
-    model = build_model(spec.model, norms.make(spec.model.norm)[0])
+    made = norms.make(spec.model.norm)
+    model = build_model(spec.model, made.norm, made.conv)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds[0] == "Conv2D" and kinds[-4:] == ["Flatten", "Dense", "Dropout", "Dense"]
+    assert kinds[0] == ("WSConv2D" if norm_type == "ws_group" else "Conv2D") and kinds[-4:] == ["Flatten", "Dense", "Dropout", "Dense"]
     assert len(kinds) == (5 if norm_type == "none" else 6)
     # conv 3*3*1*10+10, dense 26*26*10*128+128, out 128*10+10 (BN adds moving mean/variance)
     assert model.count_params() == 100 + 865_408 + 1_290 + norm_params
@@ -28,6 +30,6 @@ def test_tutorial_architecture(norm_type, norm_params):
 
 def test_models_do_not_share_norm_layers():
     spec = specs.Spec(name="t")
-    factory = norms.make(spec.model.norm)[0]
-    a, b = build_model(spec.model, factory), build_model(spec.model, factory)
+    made = norms.make(spec.model.norm)
+    a, b = build_model(spec.model, made.norm, made.conv), build_model(spec.model, made.norm, made.conv)
     assert a.layers[1] is not b.layers[1]

@@ -24,13 +24,16 @@ def test_unknown_name_lists_the_valid_ones():
 
 
 def test_effective_groups():
-    assert [norms.effective_groups(t, 5, 10) for t in ("layer", "group", "instance", "batch")] == [1, 5, 10, None]
+    types = ("layer", "group", "instance", "batch", "ws_group", "frn")
+    assert [norms.effective_groups(t, 5, 10) for t in types] == [1, 5, 10, None, 5, None]
 
 
 @pytest.mark.parametrize("norm_type", list(norms.NORMS))
 def test_factory_makes_a_new_layer_per_call(norm_type):
     pytest.importorskip("tensorflow")
-    factory, impl = norms.make(norm_spec(type=norm_type))
+    made = norms.make(norm_spec(type=norm_type))
+    factory, impl = made.norm, made.impl
+    assert made.conv(4, 3) is not made.conv(4, 3)
     if norm_type == "none":
         assert factory is None and impl == "none"
         return
@@ -58,8 +61,8 @@ def test_auto_uses_tfa_only_when_it_works():
 ])
 def test_implementation_classes(norm_type, impl, cls):
     pytest.importorskip("tensorflow")
-    factory, used = norms.make(norm_spec(type=norm_type, impl=impl))
-    layer = factory()
+    made = norms.make(norm_spec(type=norm_type, impl=impl))
+    layer, used = made.norm(), made.impl
     assert used == impl
     assert f"{type(layer).__module__}.{type(layer).__name__}".endswith(cls)
     if norm_type == "layer":
@@ -70,7 +73,7 @@ def test_factory_passes_every_spec_field():
     pytest.importorskip("tensorflow")
     spec = norm_spec(type="group", groups=2, epsilon=1e-5, center=False, scale=True,
                      gamma_initializer="he_normal", impl="native")
-    layer = norms.make(spec)[0]()
+    layer = norms.make(spec).norm()
     config = layer.get_config()
     assert (config["groups"], config["epsilon"], config["center"], config["scale"]) == (2, 1e-5, False, True)
     assert "HeNormal" in str(config["gamma_initializer"])
@@ -81,6 +84,6 @@ def test_instance_and_layer_via_keras_match_native():
     pytest.importorskip("tensorflow")
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
     for norm_type in ("instance", "layer"):
-        native = norms.make(norm_spec(type=norm_type, impl="native"))[0]()
-        builtin = norms.make(norm_spec(type=norm_type, impl="keras"))[0]()
+        native = norms.make(norm_spec(type=norm_type, impl="native")).norm()
+        builtin = norms.make(norm_spec(type=norm_type, impl="keras")).norm()
         np.testing.assert_allclose(np.asarray(native(x)), np.asarray(builtin(x)), rtol=1e-5, atol=1e-5)
