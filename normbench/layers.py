@@ -352,20 +352,24 @@ CUSTOM_OBJECTS = {
 }
 
 
-def _keras2_config_to_keras3(node):
-    """Rewrite what Keras 3 cannot read in a Keras 2 `.keras` config (recursively)."""
+def _translate_config(node):
+    """tfa's class names -> normbench's, and (on Keras 3) what Keras 3 cannot read of Keras 2."""
     if isinstance(node, list):
-        return [_keras2_config_to_keras3(n) for n in node]
+        return [_translate_config(n) for n in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _keras2_config_to_keras3(v) for k, v in node.items()}
-    if node.get("registered_name") in CUSTOM_OBJECTS:  # tfa's classes -> ours
+    node = {k: _translate_config(v) for k, v in node.items()}
+    if node.get("class_name") in CUSTOM_OBJECTS:  # HDF5 configs name the registered class
+        node["class_name"] = f"normbench>{CUSTOM_OBJECTS[node['class_name']].__name__}"
+    if node.get("registered_name") in CUSTOM_OBJECTS:  # .keras configs: module + registered name
         node["module"] = __name__
         node["registered_name"] = f"normbench>{node['class_name']}"
+    if not KERAS_3:
+        return node
     if node.get("module") == "keras.src.engine.functional":  # Keras 2's home of Functional
         node["module"] = "keras.src.models.functional"
     config = node.get("config")
-    if isinstance(config, dict) and "batch_input_shape" in config:
+    if isinstance(config, dict) and "batch_input_shape" in config and "module" in node:
         shape = config.pop("batch_input_shape")  # Keras 3 keeps input shapes on InputLayer only
         if node.get("class_name") == "InputLayer":
             config["batch_shape"] = shape
@@ -373,40 +377,54 @@ def _keras2_config_to_keras3(node):
     return node
 
 
-def load_model(path, *, compile: bool = False, safe_mode: bool = True):
-    """Load a Keras model whose GroupNormalization/InstanceNormalization came from tfa.
-
-    `Addons>GroupNormalization` and `Addons>InstanceNormalization` resolve to normbench's layers
-    (same arguments, weights and outputs). Works for HDF5 (`.h5`) files and `.keras` archives;
-    a `.keras` archive written by Keras 2 (TF <= 2.15) has its config translated for Keras 3.
-    Compiling is off by default: tfa-era optimizer states rarely restore across Keras versions.
-    """
+def _translated_copy(path, directory):
+    """A copy of the saved model at `path` whose config names normbench's layers."""
     import json
-    import tempfile
+    import shutil
     import zipfile
     from pathlib import Path
 
-    path = Path(path)
-    if KERAS_3 and path.suffix == ".keras" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            metadata = json.loads(archive.read("metadata.json"))
-            if str(metadata.get("keras_version", "3")).startswith("2."):
-                with tempfile.TemporaryDirectory() as tmp:
-                    translated = Path(tmp) / path.name
-                    with zipfile.ZipFile(translated, "w") as out:
-                        for item in archive.infolist():
-                            data = archive.read(item)
-                            if item.filename == "config.json":
-                                data = json.dumps(_keras2_config_to_keras3(json.loads(data))).encode()
-                            out.writestr(item, data)
-                    try:
-                        return keras.models.load_model(translated, custom_objects=CUSTOM_OBJECTS,
-                                                       compile=compile, safe_mode=safe_mode)
-                    except (TypeError, ValueError) as exc:
-                        raise ValueError(
-                            f"{path}: this Keras {metadata['keras_version']} archive could not be "
-                            f"translated for Keras {keras.__version__} ({str(exc).splitlines()[0]}"
-                            "); on TF <= 2.15 re-save it as HDF5 (model.save('model.h5')) and "
-                            "load that instead") from None
+    import h5py
+
+    copy = Path(directory) / Path(path).name
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive, zipfile.ZipFile(copy, "w") as out:
+            for item in archive.infolist():
+                data = archive.read(item)
+                if item.filename == "config.json":
+                    data = json.dumps(_translate_config(json.loads(data))).encode()
+                out.writestr(item, data)
+    elif h5py.is_hdf5(path):
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as f:
+            if "model_config" in f.attrs:
+                raw = f.attrs["model_config"]
+                config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+                f.attrs["model_config"] = json.dumps(_translate_config(config))
+    else:
+        raise ValueError(f"{path}: neither a .keras archive nor an HDF5 file")
+    return copy
+
+
+def load_model(path, *, compile: bool = False, safe_mode: bool = True):
+    """Load a Keras model whose GroupNormalization/InstanceNormalization came from tfa.
+
+    `Addons>GroupNormalization` and `Addons>InstanceNormalization` become normbench's layers
+    (same arguments, weights and outputs), also where tfa itself is installed. Works for HDF5
+    (`.h5`) files and `.keras` archives; a `.keras` archive written by Keras 2 (TF <= 2.15) has its
+    config translated for Keras 3. The file itself is never modified. Compiling is off by default:
+    tfa-era optimizer states rarely restore across Keras versions.
+    """
+    import tempfile
+
     kwargs = {"safe_mode": safe_mode} if KERAS_3 else {}
-    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = _translated_copy(path, tmp)
+        try:
+            return keras.models.load_model(copy, custom_objects=CUSTOM_OBJECTS, compile=compile,
+                                           **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: Keras {keras.__version__} could not load it ({str(exc).splitlines()[0]});"
+                " if it is a Keras 2 .keras archive, on TF <= 2.15 re-save it as HDF5 "
+                "(model.save('model.h5')) and load that instead") from None

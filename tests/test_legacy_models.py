@@ -59,3 +59,16 @@ def test_untranslatable_keras2_archive_says_what_to_do(saved, tmp_path):
             dst.writestr(item, data)
     with pytest.raises(ValueError, match=r"re-save it as HDF5 \(model.save\('model.h5'\)\)"):
         layers.load_model(bad)
+
+
+def test_loading_leaves_the_file_untouched(saved):
+    before = (saved / "seq.h5").read_bytes()
+    layers.load_model(saved / "seq.h5")
+    assert (saved / "seq.h5").read_bytes() == before
+
+
+def test_not_a_model_file(tmp_path):
+    junk = tmp_path / "m.h5"
+    junk.write_text("hello")
+    with pytest.raises(ValueError, match="neither a .keras archive nor an HDF5 file"):
+        layers.load_model(junk)
