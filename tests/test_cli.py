@@ -141,3 +141,18 @@ def test_compare_reports_damaged_runs_and_shows_the_rest(smoke_results, tmp_path
     assert result.exit_code == 0
     assert result.stdout.count("\n") == len(NAMES)  # header + the readable runs
     assert f"skipped {victim.name}: unreadable metrics.json" in result.stderr
+
+
+def test_tfa_and_native_side_by_side_where_tfa_runs(tmp_path):
+    from normbench import norms
+
+    if not norms.tfa_status()[0]:
+        pytest.skip(f"tensorflow-addons unusable: {norms.tfa_status()[1]}")
+    for impl in ("auto", "native"):
+        result = invoke("run", CONFIGS / "groupnorm.yaml", "-s", "dataset=mnist-10k", "-s",
+                        f"model.norm.impl={impl}", "--smoke", "--quiet", "--results", tmp_path)
+        assert result.exit_code == 0, result.output
+    rows = json.loads(invoke("compare", "--results", tmp_path, "--format", "json").stdout)
+    assert sorted(r["impl"] for r in rows) == ["native", "tfa"]  # auto picked tfa, recorded
+    accuracies = [r["test_acc_mean"] for r in rows]
+    assert abs(accuracies[0] - accuracies[1]) < 0.02  # same model, same seed, same data
