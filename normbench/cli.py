@@ -12,10 +12,11 @@ from typing import List
 import typer
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import normbench
-from normbench import norms, results, spec as specs
+from normbench import norms, results, spec as specs, sweep
 from normbench.errors import NormbenchError
 
 # Piped or captured output is not cut to 80 columns: it is read by programs and in files.
@@ -102,44 +103,125 @@ def _table(rows: list[dict], columns: tuple[str, ...], title: str) -> Table:
     return table
 
 
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def _load_all(spec_files: List[Path], sets: List[str], sweeps: List[str]) -> list:
+    """Every run of every spec file; all invalid grid points of all files reported at once."""
+    runs, errors = [], []
+    for path in spec_files:
+        try:
+            runs += specs.load_runs(path, sets, sweeps)
+        except NormbenchError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise NormbenchError("\n".join(errors))
+    return runs
+
+
 @app.command()
 @_friendly
-def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Path = RESULTS,
+def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
+        sweeps: List[str] = typer.Option([], "--sweep", metavar="PATH=V1,V2,...",
+                                         help="Add or replace a sweep axis, e.g. "
+                                              "--sweep train.batch_size=2,8,32."),
+        results_dir: Path = RESULTS,
         smoke: bool = typer.Option(False, "--smoke",
                                    help="Train 1 epoch on 1,000 images (test on 500): seconds."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")) -> None:
-    """Train and evaluate each spec; write results/runs/<run_id>/ and the summary tables."""
-    loaded = [specs.load(path, sets) for path in spec_files]  # every spec is checked first
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List the runs; train nothing."),
+        force: bool = typer.Option(False, "--force", help="Run finished runs again."),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64,
+                                 help="Worker processes (they share the CPU cores)."),
+        executor: Executor = typer.Option(Executor.local, "--executor",
+                                          help="local processes, or Ray tasks (normbench[ray])."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address (default: a "
+                                    "local Ray instance).")) -> None:
+    """Train and evaluate each spec (every point of its sweep x seeds); finished runs are kept
+    and skipped, so an interrupted sweep completes when run again."""
+    loaded = _load_all(spec_files, sets, sweeps)  # every spec and grid point is checked first
     if smoke:
         loaded = [specs.for_smoke(s) for s in loaded]
+    planned = sweep.plan(loaded, smoke, results_dir)
+    todo = [p for p in planned if force or not p.done]
+    if dry_run:
+        table = Table(title=f"{len(planned)} run(s): {len(todo)} to run, "
+                            f"{len(planned) - len(todo)} finished", title_justify="left",
+                      box=box.SIMPLE_HEAD)
+        for column in ("run_id", "state", "what"):
+            table.add_column(column, no_wrap=column != "what")
+        for p in planned:
+            table.add_row(p.run_id, "finished" if p.done else "to run", specs.summary(p.spec))
+        out.print(table)
+        return
     results.prepare(results_dir)
-    from normbench import train  # TensorFlow is imported here, and only here
+    since = sweep.now()
+    if len(planned) > len(todo) and not quiet:
+        err.print(f"skipping {len(planned) - len(todo)} finished run(s) (--force runs them again)",
+                  markup=False)
+    outcome = _execute(todo, results_dir, smoke=smoke, force=force, since=since, quiet=quiet,
+                       jobs=jobs, executor=executor, address=address)
+    if outcome.ran:
+        out.print(_table(results.group_rows(outcome.ran), TABLE_GROUP, "This invocation"))
+        out.print(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
+    diverged = sum(r.status == "diverged" for r in outcome.ran)
+    err.print(f"{len(outcome.ran)} run(s) done ({diverged} diverged), {len(planned) - len(todo) + outcome.skipped}"
+              f" already finished, {len(outcome.busy)} running elsewhere, {len(outcome.failed)} failed",
+              markup=False)
+    for rid, why in outcome.failed:
+        err.print(f"failed {rid}: {why}", markup=False, soft_wrap=True)
+    if outcome.interrupted:
+        err.print("interrupted: finished runs are kept; run the same command again to complete "
+                  "the rest", markup=False)
+        raise typer.Exit(130)
+    if outcome.failed:
+        raise typer.Exit(1)
 
-    done = []
-    for spec in loaded:
-        if not quiet:
-            err.print(f"run {specs.summary(spec)}" + (" (smoke)" if smoke else ""), markup=False)
-        record = train.run_one(spec, smoke=smoke, quiet=quiet)
-        path = results.save(record, specs.to_yaml(spec), results_dir)
-        results.write_summaries(results_dir)
-        done.append(record)
-        out.print(f"{record.run_id}: test accuracy {100 * record.test_accuracy:.2f}%, "
-                  f"{record.steady_samples_per_s:,.0f} samples/s ({record.impl_used}) -> {path}")
-    out.print(_table(results.group_rows(done), TABLE_GROUP, "This invocation"))
-    out.print(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
+
+def _execute(todo, results_dir: Path, *, smoke, force, since, quiet, jobs, executor, address):
+    if not todo:
+        return sweep.Outcome()
+    if executor is Executor.local and jobs == 1:
+        def announce(i: int, item) -> None:
+            if not quiet:
+                err.print(f"run {i + 1}/{len(todo)} {specs.summary(item.spec)}"
+                          + (" (smoke)" if smoke else ""), markup=False)
+
+        return sweep.run_in_process(todo, results_dir, smoke=smoke, force=force, since=since,
+                                    quiet=quiet, announce=announce)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[running]}"), console=err,
+                  disable=quiet) as bar:
+        task = bar.add_task(f"sweep ({executor.value}, {jobs} job(s))" if executor is Executor.local
+                            else "sweep (ray)", total=len(todo), running="")
+
+        def progress(done: int, running: list[str]) -> None:
+            bar.update(task, completed=done, running="; ".join(sorted(running))[:60])
+
+        if executor is Executor.ray:
+            return sweep.run_on_ray(todo, results_dir, smoke=smoke, force=force, since=since,
+                                    address=address, progress=progress)
+        return sweep.run_workers(todo, results_dir, smoke=smoke, force=force, since=since,
+                                 jobs=jobs, progress=progress)
 
 
 @app.command()
 @_friendly
 def validate(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
+             sweeps: List[str] = typer.Option([], "--sweep", metavar="PATH=V1,V2,...",
+                                              help="Add or replace a sweep axis."),
              show: bool = typer.Option(False, "--show", help="Print each resolved spec as YAML.")
              ) -> None:
     """Check spec files (and overrides) without training; exit code 2 on the first bad one."""
     for path in spec_files:
-        spec = specs.load(path, sets)
-        out.print(f"ok  {path}  {specs.summary(spec)}", markup=False)
+        runs = specs.load_runs(path, sets, sweeps)
+        what = specs.summary(runs[0]) if len(runs) == 1 else f"{len(runs)} runs (sweep x seeds)"
+        out.print(f"ok  {path}  {what}", markup=False)
         if show:
-            out.print(specs.to_yaml(spec), markup=False)
+            for spec in runs:
+                out.print(specs.to_yaml(spec), markup=False)
 
 
 @app.command()

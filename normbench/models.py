@@ -20,6 +20,8 @@ def build_model(model: ModelSpec, norm_factory: Callable[[], Any] | None,
     raw filter responses. `norm_factory` is None for no normalization; `conv_factory` is
     called as conv(filters, kernel_size) (a weight-standardized conv for ws_group).
     """
+    if model.arch == "convnet":
+        return _convnet(model, norm_factory, conv_factory, input_shape)
     norm = [norm_factory()] if norm_factory is not None else []
     return keras.Sequential(
         [keras.Input(shape=input_shape),
@@ -30,3 +32,20 @@ def build_model(model: ModelSpec, norm_factory: Callable[[], Any] | None,
          keras.layers.Dropout(model.dropout),
          keras.layers.Dense(NUM_CLASSES, activation="softmax")],
         name="tutorial_cnn")
+
+
+def _convnet(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras.Model:
+    """[Conv2D(w, 3x3, same) -> norm -> ReLU] per width -> global average pool -> Dense(10).
+
+    Every second block has stride 2 (28 -> 14 -> 7 -> 4 with four blocks), so the norm acts at
+    several depths and resolutions, which is where batch statistics start to matter.
+    """
+    layers = [keras.Input(shape=input_shape)]
+    for i, width in enumerate(model.widths):
+        layers.append(conv_factory(width, CONV_KERNEL, strides=2 if i % 2 else 1, padding="same"))
+        if norm_factory is not None:
+            layers.append(norm_factory())
+        layers.append(keras.layers.ReLU())
+    layers += [keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(NUM_CLASSES, activation="softmax")]
+    return keras.Sequential(layers, name="convnet")

@@ -147,7 +147,7 @@ def make(norm: Any) -> Made:
                   beta_initializer=norm.beta_initializer, gamma_initializer=norm.gamma_initializer)
     kwargs = dict(axis=norm.axis, **affine)
     if norm.type in ("batch", "batch_renorm"):
-        return Made(functools.partial(keras.layers.BatchNormalization,
+        return Made(functools.partial(keras.layers.BatchNormalization, momentum=norm.momentum,
                                       renorm=norm.type == "batch_renorm", **kwargs), conv, impl)
     if norm.type == "layer_channels":
         return Made(functools.partial(keras.layers.LayerNormalization, **kwargs), conv, impl)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from normbench.errors import NormbenchError
@@ -55,11 +55,39 @@ class RunRecord(BaseModel):
     env: dict[str, Any]
     warnings: list[str] = []
     history: list[dict[str, Any]]  # epoch, loss, accuracy, time_s
+    spec: dict[str, Any] = {}  # the resolved spec, for --where/--by and plots
+    learning_rate: float | None = None  # after train.lr_scaling
 
 
-def new_run_id(name: str) -> str:
-    """Unique and sortable: the spec name, the UTC start time and a random suffix."""
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+FINAL = ("finished", "diverged")  # statuses that count as done: a sweep does not run them again
+
+
+def run_id(name: str, spec_hash: str, smoke: bool) -> str:
+    """The run's identity: the spec name and a hash of its resolved spec (seed included) and of
+    the smoke flag, so the same run is recognised across invocations and processes."""
+    digest = hashlib.sha256(f"{spec_hash}:{'smoke' if smoke else 'full'}".encode()).hexdigest()
+    return f"{name}-{digest[:12]}"
+
+
+def finished(results_dir: Path, rid: str) -> RunRecord | None:
+    """The run's record if it is done (finished or diverged), else None."""
+    try:
+        record = RunRecord.model_validate_json((results_dir / "runs" / rid / "metrics.json").read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+    return record if record.status in FINAL else None
+
+
+def claim(results_dir: Path, rid: str) -> FileLock | None:
+    """Hold the run's lock (released by the OS if the process dies), or None if another holds it."""
+    claims = results_dir / "runs" / ".claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(claims / f"{rid}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
 
 
 def prepare(results_dir: Path) -> Path:
@@ -88,20 +116,28 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def save(record: RunRecord, spec_yaml: str, results_dir: Path) -> Path:
-    """Write runs/<run_id>/{spec.yaml,history.csv,metrics.json}; the directory appears whole."""
+def save(record: RunRecord, spec_yaml: str, results_dir: Path, *, replace: bool = False) -> Path:
+    """Write runs/<run_id>/{spec.yaml,history.csv,metrics.json}; the directory appears whole.
+
+    An existing run directory is an error unless `replace` (then it is swapped out, never left
+    half-replaced: the old one moves aside before the new one is renamed in)."""
     runs = prepare(results_dir)
     final = runs / record.run_id
     staging = Path(tempfile.mkdtemp(dir=runs, prefix=f".{record.run_id}."))
     try:
         _write_atomic(staging / "spec.yaml", spec_yaml)
-        _write_atomic(staging / "history.csv", _csv(record.history, list(record.history[0])))
+        _write_atomic(staging / "history.csv",
+                      _csv(record.history, ["epoch", "loss", "accuracy", "time_s"]))
         _write_atomic(staging / "metrics.json", record.model_dump_json(indent=2) + "\n")
-        os.rename(staging, final)
+        if replace and final.exists():
+            old = Path(tempfile.mkdtemp(dir=runs, prefix=f".{record.run_id}.old."))
+            os.rename(final, old / "run")
+            os.rename(staging, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, final)
     except BaseException:
-        for child in staging.glob("*"):
-            child.unlink(missing_ok=True)
-        staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
 

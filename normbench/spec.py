@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,6 +64,14 @@ class NormSpec(_Frozen):
     beta_initializer: str = "zeros"
     gamma_initializer: str = "ones"
     impl: str = "auto"
+    momentum: float | None = 0.99  # batch, batch_renorm: moving statistics' update rate
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError(f"momentum must be in (0, 1), got {value!r}")
+        return value
 
     @field_validator("type")
     @classmethod
@@ -115,35 +125,70 @@ def _tfa_installed() -> bool:
     return importlib.util.find_spec("tensorflow_addons") is not None
 
 
+ARCHS = ("tutorial", "convnet")
+
+
 class ModelSpec(_Frozen):
-    conv_filters: int = Field(10, ge=1, le=4096)
-    dense_units: int = Field(128, ge=1, le=65536)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    arch: str = "tutorial"
+    conv_filters: int | None = Field(10, ge=1, le=4096)  # tutorial
+    dense_units: int | None = Field(128, ge=1, le=65536)  # tutorial
+    dropout: float | None = Field(0.2, ge=0.0, lt=1.0)  # tutorial
+    widths: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
+        [16, 32, 32, 64], min_length=1, max_length=8)  # convnet: one conv-norm-ReLU block each
     norm: NormSpec = NormSpec()
 
-    @model_validator(mode="after")
-    def _groups(self) -> ModelSpec:
-        """Resolve groups against the norm's feature axis; None where the norm takes no groups."""
-        norm = self.norm
-        if not norms.NORMS[norm.type].uses_groups:
-            return self._resolved(norm, None)
-        dim = conv_output_shape(self.conv_filters)[norm.axis]
-        what = f"the {dim} channels" if norm.axis in (-1, 3) else f"the size {dim} of axis {norm.axis}"
-        groups = norm.groups
-        if groups is None:
-            raise ValueError(f"model.norm.groups: norm 'group' needs groups; choose a divisor of {what}")
-        if groups == -1:
-            groups = dim
-        divisors = ", ".join(str(d) for d in range(1, dim + 1) if dim % d == 0)
-        if groups < 1 or dim % groups:
-            raise ValueError(f"model.norm.groups: {norm.groups} does not divide {what} "
-                             f"(model.conv_filters={self.conv_filters}); choose from {divisors}, or -1")
-        return self._resolved(norm, groups)
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        return _choice(value.lower(), ARCHS, "arch")
 
-    def _resolved(self, norm: NormSpec, groups: int | None) -> ModelSpec:
-        # The instance is still being validated and is frozen only to users: give it a new norm.
-        object.__setattr__(self, "norm", norm.model_copy(update={"groups": groups}))
+    @model_validator(mode="after")
+    def _resolve(self) -> ModelSpec:
+        """Null what the arch does not use; resolve groups against every normalized width."""
+        norm = self.norm
+        if self.arch == "tutorial":
+            for field in ("conv_filters", "dense_units", "dropout"):
+                if getattr(self, field) is None:
+                    raise ValueError(f"model.{field}: arch 'tutorial' needs a value")
+            self._set(widths=None)
+            dims = [conv_output_shape(self.conv_filters)[norm.axis]]
+            what = f"the {dims[0]} channels" if norm.axis in (-1, 3) \
+                else f"the size {dims[0]} of axis {norm.axis}"
+            source = f"model.conv_filters={self.conv_filters}"
+        else:
+            if self.widths is None:
+                raise ValueError("model.widths: arch 'convnet' needs a list of block widths")
+            if norm.axis not in (-1, 3):
+                raise ValueError(f"model.norm.axis: arch 'convnet' normalizes the channel axis "
+                                 f"only: use -1 (or 3), got {norm.axis}")
+            self._set(conv_filters=None, dense_units=None, dropout=None)
+            dims = list(self.widths)
+            what, source = f"every width in {dims}", f"model.widths={dims}"
+        updates = {"groups": None}
+        if norms.NORMS[norm.type].uses_groups:
+            groups = norm.groups
+            if groups is None:
+                raise ValueError(f"model.norm.groups: norm {norm.type!r} needs groups dividing {what}")
+            if groups == -1 and len(set(dims)) == 1:
+                groups = dims[0]
+            divisors = [d for d in range(1, min(dims) + 1) if all(n % d == 0 for n in dims)]
+            if groups not in divisors:
+                raise ValueError(f"model.norm.groups: {norm.groups} does not divide {what} "
+                                 f"({source}); choose from {', '.join(map(str, divisors))}"
+                                 + (", or -1" if len(set(dims)) == 1 else ""))
+            updates["groups"] = groups
+        if norm.type not in ("batch", "batch_renorm"):
+            updates["momentum"] = None
+        self._set(norm=norm.model_copy(update=updates))
         return self
+
+    def _set(self, **fields) -> None:
+        # The instance is still being validated and is frozen only to users.
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+
+LR_SCALINGS = ("none", "linear")
 
 
 class TrainSpec(_Frozen):
@@ -151,7 +196,20 @@ class TrainSpec(_Frozen):
     batch_size: int = Field(32, ge=1, le=1 << 20)
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    lr_scaling: str = "none"  # linear: learning_rate * batch_size / base_batch_size (Goyal 2017)
+    base_batch_size: int = Field(32, ge=1, le=1 << 20)
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("lr_scaling")
+    @classmethod
+    def _lr_scaling(cls, value: str) -> str:
+        return _choice(value.lower(), LR_SCALINGS, "lr_scaling")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.lr_scaling == "linear":
+            return self.learning_rate * self.batch_size / self.base_batch_size
+        return self.learning_rate
 
     @field_validator("optimizer")
     @classmethod
@@ -246,13 +304,9 @@ def apply_override(doc: dict, override: str) -> None:
     if not sep or not all(k.strip() for k in keys):
         raise NormbenchError(f"-s {override!r}: expected PATH=VALUE, e.g. -s train.epochs=3")
     value = parse_yaml(raw, f"-s {override!r}") if raw.strip() else raw
-    node = doc
-    for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise NormbenchError(f"-s {override!r}: {'.'.join(keys[:depth + 1])} is not a section")
-        node = child
-    node[keys[-1]] = value
+    if keys[0] == "sweep" and len(keys) > 1:  # sweep axes are dotted paths themselves
+        keys = ["sweep", ".".join(keys[1:])]
+    _set_path(doc, keys, value, f"-s {override!r}")
 
 
 def _valid_keys(loc: tuple) -> list[str]:
@@ -293,15 +347,102 @@ def validate(doc: Any, where: str) -> Spec:
         raise NormbenchError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
 
 
-def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
-    """Read, override and validate one spec file. The name defaults to the file's stem."""
+MAX_RUNS = 10_000
+
+
+def _set_path(doc: dict, keys: list[str], value: Any, what: str) -> None:
+    node = doc
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise NormbenchError(f"{what}: {'.'.join(keys[:depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_sweep_option(option: str) -> tuple[str, list]:
+    """`--sweep path=a,b,c` -> (path, [a, b, c]), each value read as YAML."""
+    path, sep, raw = option.partition("=")
+    if not sep or not path.strip() or not raw.strip():
+        raise NormbenchError(f"--sweep {option!r}: expected PATH=V1,V2,..., e.g. "
+                             "--sweep train.batch_size=2,8,32")
+    return path.strip(), [parse_yaml(v, f"--sweep {option!r}") for v in raw.split(",")]
+
+
+def _grid(doc: dict, where: str, sweeps: list[tuple[str, list]]) -> tuple[dict[str, list], list]:
+    sweep = doc.pop("sweep", None)
+    seeds = doc.pop("seeds", None)
+    if sweep is None:
+        sweep = {}
+    if not isinstance(sweep, dict):
+        raise NormbenchError(f"{where}: sweep: expected a mapping of field paths to lists, e.g. "
+                             "{train.batch_size: [2, 8, 32]}")
+    sweep = dict(sweep)
+    sweep.update(sweeps)
+    for key, values in sweep.items():
+        if not isinstance(key, str) or not isinstance(values, list) or not values:
+            raise NormbenchError(f"{where}: sweep.{key}: expected a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise NormbenchError(f"{where}: sweep.{key}: repeated values in {values}")
+    if seeds is None:
+        seeds = []
+    elif isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+        raise NormbenchError(f"{where}: seeds: expected a count (e.g. 3) or a list of seeds")
+    elif isinstance(seeds, int):
+        if not 1 <= seeds <= 1000:
+            raise NormbenchError(f"{where}: seeds: a count must be 1..1000, got {seeds}")
+        seeds = list(range(seeds))
+    elif not seeds or len(set(map(str, seeds))) != len(seeds) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds):
+        raise NormbenchError(f"{where}: seeds: a list must hold distinct integers >= 0, got {seeds}")
+    return sweep, seeds
+
+
+def load_runs(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+              sweeps: tuple[str, ...] | list[str] = ()) -> list[Spec]:
+    """Every run one spec file describes: its sweep grid x seeds (or just itself), validated.
+
+    Overrides apply to every run; `sweeps` (`path=a,b,c`) add or replace sweep axes. Invalid
+    grid points are all reported at once, one per line, before anything runs.
+    """
     path = Path(path)
-    doc = parse_yaml(read_text(path), str(path))
-    if isinstance(doc, dict):
-        for override in overrides:
-            apply_override(doc, override)
-        doc.setdefault("name", path.stem)
-    return validate(doc, str(path))
+    where = str(path)
+    doc = parse_yaml(read_text(path), where)
+    if not isinstance(doc, dict):
+        return [validate(doc, where)]
+    for override in overrides:
+        apply_override(doc, override)
+    doc.setdefault("name", path.stem)
+    axes, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps])
+    points = list(itertools.product(*axes.values()))
+    if len(points) * max(1, len(seeds)) > MAX_RUNS:
+        raise NormbenchError(f"{where}: the sweep has {len(points) * max(1, len(seeds))} runs "
+                             f"(limit {MAX_RUNS})")
+    runs, errors = [], []
+    for point in points:
+        for seed in seeds or [None]:
+            run_doc = copy.deepcopy(doc)
+            assignment = dict(zip(axes, point))
+            if seed is not None:
+                assignment["train.seed"] = seed
+            label = ", ".join(f"{k}={v}" for k, v in assignment.items())
+            for key, value in assignment.items():
+                _set_path(run_doc, key.split("."), value, f"{where}: sweep {key}")
+            try:
+                runs.append(validate(run_doc, f"{where}" + (f" [{label}]" if label else "")))
+            except NormbenchError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise NormbenchError("\n".join(dict.fromkeys(errors)))
+    return runs
+
+
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
+    """Read, override and validate a spec file that describes one run."""
+    runs = load_runs(path, overrides)
+    if len(runs) != 1:
+        raise NormbenchError(f"{path}: describes {len(runs)} runs (a sweep); expected one")
+    return runs[0]
 
 
 def to_dict(spec: Spec) -> dict:
@@ -320,6 +461,13 @@ def spec_hash(spec: Spec, *, without_seed: bool = False) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def first_norm_channels(model: ModelSpec) -> int:
+    """Size of the axis the (first) norm layer splits: conv filters, or the first width."""
+    if model.arch == "convnet":
+        return model.widths[0]
+    return conv_output_shape(model.conv_filters)[model.norm.axis]
+
+
 def for_smoke(spec: Spec) -> Spec:
     """The spec a --smoke run trains: one epoch (data.load slices the data)."""
     return spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 1})})
@@ -330,6 +478,8 @@ def summary(spec: Spec) -> str:
     norm = spec.model.norm
     detail = f" (groups={norm.groups})" if norm.groups is not None else ""
     t = spec.train
-    return (f"{spec.name}: {norm.type} norm{detail}, impl {norm.impl}, on {spec.dataset}, "
-            f"{t.epochs} epoch(s) x batch {t.batch_size}, {t.optimizer} lr={t.learning_rate:g}, "
+    arch = f" in a convnet {spec.model.widths}" if spec.model.arch == "convnet" else ""
+    return (f"{spec.name}: {norm.type} norm{detail}{arch}, impl {norm.impl}, on {spec.dataset}, "
+            f"{t.epochs} epoch(s) x batch {t.batch_size}, {t.optimizer} "
+            f"lr={t.effective_learning_rate:g}, "
             f"seed {t.seed}")

@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ info and warnings (oneDNN, CUDA probes)
 
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import normbench  # noqa: E402
 from normbench import data, norms, spec as specs  # noqa: E402
 from normbench.models import build_model  # noqa: E402
-from normbench.results import RunRecord, new_run_id  # noqa: E402
+from normbench.results import RunRecord, run_id  # noqa: E402
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
               "rmsprop": keras.optimizers.RMSprop}
@@ -111,8 +112,31 @@ class _Progress(keras.callbacks.Callback):
         self.bar.stop()
 
 
-def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False) -> RunRecord:
-    """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec))."""
+class _Status(keras.callbacks.Callback):
+    """Writes 'epoch E/N' to a file at each epoch start, for a sweep's progress display."""
+
+    def __init__(self, path: Path, epochs: int):
+        super().__init__()
+        self.path, self.epochs = path, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(f"epoch {epoch + 1}/{self.epochs}")
+        os.replace(tmp, self.path)
+
+
+def configure_threads(jobs: int) -> None:
+    """Split this machine's cores between `jobs` concurrent workers (call before any TF op)."""
+    per_job = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    tf.config.threading.set_intra_op_parallelism_threads(per_job)
+    tf.config.threading.set_inter_op_parallelism_threads(1 if jobs > 1 else 0)
+
+
+def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
+            status_path: Path | None = None) -> RunRecord:
+    """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)).
+
+    Training stops at the first NaN/Inf loss; the run is then recorded as 'diverged'."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     ds = data.load(spec.dataset, smoke=smoke)
@@ -120,11 +144,14 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False) -> Ru
     made = norms.make(spec.model.norm)
     keras.utils.set_random_seed(t.seed)
     model = build_model(spec.model, made.norm, made.conv)
-    model.compile(optimizer=OPTIMIZERS[t.optimizer](learning_rate=t.learning_rate),
+    learning_rate = t.effective_learning_rate
+    model.compile(optimizer=OPTIMIZERS[t.optimizer](learning_rate=learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     n_train = len(ds.y_train)
     clock = _Clock()
-    callbacks = [clock]
+    callbacks = [keras.callbacks.TerminateOnNaN(), clock]
+    if status_path is not None:
+        callbacks.append(_Status(status_path, t.epochs))
     if not quiet:
         callbacks.append(_Progress(spec.name, t.epochs, math.ceil(n_train / t.batch_size)))
     model.fit(ds.x_train, ds.y_train, batch_size=t.batch_size, epochs=t.epochs, shuffle=True,
@@ -135,13 +162,14 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False) -> Ru
     history = [{"epoch": i + 1, "loss": logs["loss"], "accuracy": logs["accuracy"],
                 "time_s": seconds} for i, (logs, seconds) in enumerate(zip(clock.logs, clock.epoch_times))]
     finite = all(math.isfinite(h["loss"]) for h in history) and math.isfinite(test_loss)
+    spec_hash = specs.spec_hash(spec)
     return RunRecord(
-        run_id=new_run_id(spec.name), name=spec.name, status="finished" if finite else "diverged",
-        spec_hash=specs.spec_hash(spec), config_hash=specs.spec_hash(spec, without_seed=True),
+        run_id=run_id(spec.name, spec_hash, smoke), name=spec.name,
+        status="finished" if finite else "diverged",
+        spec_hash=spec_hash, config_hash=specs.spec_hash(spec, without_seed=True),
         smoke=smoke, dataset=ds.provenance, norm_type=spec.model.norm.type,
-        norm_groups=norms.effective_groups(
-            spec.model.norm.type, spec.model.norm.groups,
-            specs.conv_output_shape(spec.model.conv_filters)[spec.model.norm.axis]),
+        norm_groups=norms.effective_groups(spec.model.norm.type, spec.model.norm.groups,
+                                           specs.first_norm_channels(spec.model)),
         impl_requested=spec.model.norm.impl, impl_used=made.impl, params=model.count_params(),
         epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
         test_accuracy=float(test_accuracy), test_loss=float(test_loss),
@@ -150,4 +178,5 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False) -> Ru
         steady_epoch_s=n_train / samples_per_s, steady_samples_per_s=samples_per_s,
         steady_basis=basis, total_s=time.perf_counter() - t0, started=started.isoformat(),
         finished=dt.datetime.now(dt.timezone.utc).isoformat(), env=environment(),
-        warnings=[w for w in [ds.provenance.get("warning")] if w], history=history)
+        warnings=[w for w in [ds.provenance.get("warning")] if w], history=history,
+        spec=specs.to_dict(spec), learning_rate=learning_rate)
