@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import normbench
-from normbench import norms, results, spec as specs, sweep
+from normbench import compare as compare_views, norms, results, spec as specs, sweep
 from normbench.errors import NormbenchError
 
 # Piped or captured output is not cut to 80 columns: it is read by programs and in files.
@@ -79,20 +79,24 @@ def main_options(
 
 
 # The terminal shows the columns people read; md/csv/json (and summary files) carry them all.
-TABLE_GROUP = ("name", "dataset", "smoke", "norm", "impl", "runs", "test_acc_mean", "test_acc_std",
-               "test_acc_best", "test_loss_mean", "first_epoch_s", "steady_epoch_s", "samples_per_s")
+TABLE_GROUP = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "test_acc_mean",
+               "test_acc_ci95", "test_err_mean", "test_loss_mean", "first_epoch_s", "steady_epoch_s",
+               "samples_per_s")
 TABLE_RUNS = ("run_id", "dataset", "smoke", "norm", "impl_used", "epochs", "batch_size", "seed",
               "test_accuracy", "test_loss", "first_epoch_s", "steady_samples_per_s")
 HEADERS = {"test_acc_mean": "acc", "test_acc_std": "± std", "test_acc_best": "best acc",
+           "test_acc_ci95": "± 95% CI", "test_err_mean": "error", "delta_acc": "Δ acc",
            "test_loss_mean": "loss", "first_epoch_s": "1st epoch s", "steady_epoch_s": "s/epoch",
            "samples_per_s": "samples/s", "steady_samples_per_s": "samples/s", "impl_used": "impl",
            "batch_size": "batch", "test_accuracy": "acc", "test_loss": "loss"}
-TEXT_COLUMNS = ("name", "dataset", "norm", "impl", "impl_used", "run_id")
+TEXT_COLUMNS = ("name", "config", "dataset", "norm", "impl", "impl_used", "run_id", "baseline")
 
 
 def _table(rows: list[dict], columns: tuple[str, ...], title: str) -> Table:
     if not any(row.get("smoke") for row in rows):
         columns = tuple(c for c in columns if c != "smoke")
+    if not any(row.get("config") for row in rows):
+        columns = tuple(c for c in columns if c != "config")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for column in columns:
         table.add_column(HEADERS.get(column, column), no_wrap=column in TEXT_COLUMNS,
@@ -228,21 +232,55 @@ def validate(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
 @_friendly
 def compare(results_dir: Path = RESULTS,
             format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
-            runs: bool = typer.Option(False, "--runs", help="One row per run instead of per experiment.")
-            ) -> None:
-    """Compare finished runs, grouped by spec name, dataset and config (reads only)."""
+            runs: bool = typer.Option(False, "--runs", help="One row per run instead of per experiment."),
+            filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",
+                                              help="Keep runs whose spec field (e.g. "
+                                                   "model.norm.type) or record field has VALUE."),
+            by: str = typer.Option(None, "--by", metavar="FIELD",
+                                   help="Pivot: one column per value of FIELD (e.g. "
+                                        "train.batch_size), cells = test error % ± 95% CI."),
+            baseline: str = typer.Option(None, "--baseline", metavar="NAME|FIELD=VALUE",
+                                         help="Add each experiment's accuracy difference to this "
+                                              "baseline and Welch's t-test p-value.")) -> None:
+    """Compare finished runs: experiments (runs that differ only by seed) with n, mean, std and a
+    95% Student-t confidence interval of test accuracy and error (reads only)."""
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
     records, skipped = results.load_records(results_dir)
-    rows = [results.run_row(r) for r in records] if runs else results.group_rows(records)
-    columns = results.RUN_COLUMNS if runs else results.GROUP_COLUMNS
+    records = compare_views.where(records, filters)
+    if runs:
+        rows, columns, shown = [results.run_row(r) for r in records], results.RUN_COLUMNS, TABLE_RUNS
+    else:
+        rows, columns, shown = results.group_rows(records), results.GROUP_COLUMNS, TABLE_GROUP
+        if baseline:
+            rows = compare_views.with_baseline(rows, baseline)
+            columns = shown = columns[:-1] + ("baseline", "delta_acc", "p_value")
+        if by:
+            rows, columns = compare_views.pivot(rows, by)
+            shown = tuple(columns)
     if format is Format.table:
-        shown = TABLE_RUNS if runs else TABLE_GROUP
         out.print(_table(rows, shown, f"{len(records)} run(s) in {results_dir}"))
     else:
         out.print(results.render(rows, columns, format.value), end="", markup=False, soft_wrap=True)
     for name, why in skipped:
         err.print(f"skipped {name}: {why}", markup=False)
+
+
+@app.command()
+@_friendly
+def plot(results_dir: Path = RESULTS,
+         out_dir: Path = typer.Option(None, "--out", help="Where PNGs go (default: RESULTS/plots)."),
+         filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",
+                                           help="Plot only matching runs.")) -> None:
+    """Write PNG figures: test error vs batch size per norm (95% CI bands, log2 axis), learning
+    curves, and a groups ablation when the runs vary model.norm.groups."""
+    from normbench import plot as plots  # imports matplotlib
+
+    if not results_dir.is_dir():
+        raise NormbenchError(f"results directory {results_dir}: not found")
+    records, _ = results.load_records(results_dir)
+    for path in plots.plot_all(compare_views.where(records, filters), out_dir or results_dir / "plots"):
+        out.print(f"wrote {path}", markup=False)
 
 
 @app.command()

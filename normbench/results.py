@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from normbench import stats
 from normbench.errors import NormbenchError
 
 
@@ -175,9 +176,10 @@ RUN_COLUMNS = ("run_id", "name", "status", "dataset", "dataset_requested", "smok
                "first_epoch_s", "steady_epoch_s", "steady_samples_per_s", "total_s", "tensorflow",
                "keras", "started")
 
-GROUP_COLUMNS = ("name", "dataset", "smoke", "norm", "impl", "runs", "test_acc_mean",
-                 "test_acc_std", "test_acc_best", "test_loss_mean", "first_epoch_s",
-                 "steady_epoch_s", "samples_per_s", "best")
+GROUP_COLUMNS = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "test_acc_mean",
+                 "test_acc_std", "test_acc_ci95", "test_acc_best", "test_err_mean",
+                 "test_err_ci95", "test_loss_mean", "first_epoch_s", "steady_epoch_s",
+                 "samples_per_s", "best")
 
 
 def run_row(r: RunRecord) -> dict[str, Any]:
@@ -194,25 +196,49 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "keras": r.env.get("keras"), "started": r.started}
 
 
+def flat_spec(spec: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model.norm.type": "group", ...} from a nested spec dict."""
+    out = {}
+    for key, value in spec.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_spec(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _label(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
 def group_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
-    """One row per experiment: runs sharing name, data actually used, smoke flag and config."""
+    """One row per experiment: runs sharing name, data actually used, smoke flag and config
+    (the resolved spec but the seed). `config` names the spec fields that tell apart the
+    experiments of one name; each row keeps its accuracies under `_acc` for tests of difference."""
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.name, r.dataset["name"], r.smoke, r.config_hash), []).append(r)
+    flats = {key: {k: v for k, v in flat_spec(rs[0].spec).items() if k != "train.seed"}
+             for key, rs in groups.items()}
     rows = []
-    for (name, dataset, smoke, _), rs in groups.items():
+    for key, rs in groups.items():
+        name, dataset, smoke, _ = key
+        siblings = [flats[k] for k in groups if k[0] == name]
+        varying = sorted({p for f in siblings for p in f if any(g.get(p) != f.get(p) for g in siblings)})
         acc = [r.test_accuracy for r in rs]
+        mean, std, half = stats.mean_ci(acc)
         rows.append({
-            "name": name, "dataset": dataset, "smoke": smoke, "norm": rs[0].norm_type,
+            "name": name, "config": ", ".join(f"{p}={_label(flats[key].get(p))}" for p in varying),
+            "dataset": dataset, "smoke": smoke, "norm": rs[0].norm_type,
             "impl": ",".join(sorted({r.impl_used for r in rs})), "runs": len(rs),
-            "test_acc_mean": statistics.fmean(acc),
-            "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else None,
-            "test_acc_best": max(acc),
+            "test_acc_mean": mean, "test_acc_std": std, "test_acc_ci95": half,
+            "test_acc_best": max(acc), "test_err_mean": 1.0 - mean, "test_err_ci95": half,
             "test_loss_mean": statistics.fmean(r.test_loss for r in rs),
             "first_epoch_s": statistics.fmean(r.first_epoch_s for r in rs),
             "steady_epoch_s": statistics.fmean(r.steady_epoch_s for r in rs),
             "samples_per_s": statistics.fmean(r.steady_samples_per_s for r in rs),
-            "best": False})
+            "best": False, "_acc": acc, "_spec": flats[key]})
     for dataset, smoke in {(row["dataset"], row["smoke"]) for row in rows}:
         peers = [row for row in rows if (row["dataset"], row["smoke"]) == (dataset, smoke)]
         max(peers, key=lambda row: row["test_acc_mean"])["best"] = True
@@ -224,8 +250,10 @@ def fmt(column: str, value: Any) -> str:
     """Human formatting shared by Markdown and the terminal table."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if column.startswith(("test_acc", "train_acc")) or column == "test_accuracy":
+    if column.startswith(("test_acc", "train_acc", "test_err", "delta_")) or column == "test_accuracy":
         return f"{100 * value:.2f}%"
+    if column == "p_value":
+        return f"{value:.3g}"
     if column in ("samples_per_s", "steady_samples_per_s"):
         return f"{value:,.0f}"
     if column.endswith("_s"):
