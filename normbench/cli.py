@@ -161,6 +161,7 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
         out.print(table)
         return
     results.prepare(results_dir)
+    sweep.stop_on_sigterm()
     since = sweep.now()
     if len(planned) > len(todo) and not quiet:
         err.print(f"skipping {len(planned) - len(todo)} finished run(s) (--force runs them again)",

@@ -72,9 +72,16 @@ def with_baseline(rows: list[dict], baseline: str) -> list[dict]:
     if not matching:
         raise NormbenchError(f"--baseline {baseline!r} matches no experiment")
     for row in rows:
-        peers = [m for m in matching if (m["dataset"], m["smoke"]) == (row["dataset"], row["smoke"])
-                 and all(m["_spec"].get(p) == v for p, v in row["_spec"].items() if p not in free)]
-        base = peers[0] if len(peers) == 1 else matching[0] if len(matching) == 1 else None
+        # The closest matching experiment: most spec fields equal, the baseline's own aside
+        # (fields a norm does not use, such as groups for BN, differ with it and are not counted).
+        def agreement(m: dict) -> int:
+            return sum(m["_spec"].get(p) == v for p, v in row["_spec"].items()
+                       if p not in free and v is not None and m["_spec"].get(p) is not None)
+
+        peers = [m for m in matching if (m["dataset"], m["smoke"]) == (row["dataset"], row["smoke"])]
+        best = max(map(agreement, peers), default=None)
+        closest = [m for m in peers if agreement(m) == best]
+        base = closest[0] if len(closest) == 1 else None
         if base is None:
             row.update(baseline=None, delta_acc=None, p_value=None)
             continue

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,8 @@ def _stale(record: results.RunRecord | None, force: bool, since: str) -> bool:
     return record is None or (force and record.started < since)
 
 
-def _raise_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
+    """Let SIGTERM stop a sweep as Ctrl-C does: finished runs kept, nothing half-written."""
     def handler(signum, frame):  # noqa: ARG001 - signal's signature
         raise KeyboardInterrupt
 
@@ -180,7 +182,7 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    _raise_on_sigterm()
+    stop_on_sigterm()
     from normbench import train
 
     train.configure_threads(args.jobs)
@@ -221,12 +223,19 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
         raise NormbenchError("--executor ray needs Ray: pip install 'normbench[ray]'") from None
     outcome = Outcome()
     started_here = not ray.is_initialized()
+    if started_here and address and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except (OSError, ValueError) as exc:  # Ray itself would wait minutes, then exit
+            raise NormbenchError(f"--executor ray: cannot reach Ray at {address}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
     if started_here:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True,
                      runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
-        except (ConnectionError, ValueError, RuntimeError) as exc:
+        except (ConnectionError, ValueError, RuntimeError, SystemExit) as exc:
             where = address or "a new local instance"
             raise NormbenchError(f"--executor ray: cannot reach Ray at {where}: "
                                  f"{str(exc).splitlines()[0]}") from None
