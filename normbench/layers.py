@@ -33,6 +33,16 @@ def _mean(t: tf.Tensor, axes: list[int]) -> tf.Tensor:
     return t
 
 
+def _feature_norm_setup(layer, axis: int, epsilon: float) -> None:
+    if axis == 0:
+        raise ValueError(f"axis=0 is the batch axis: {type(layer).__name__} normalizes features "
+                         "of each sample; use BatchNormalization to normalize over the batch")
+    layer.supports_masking = True
+    _no_input_autocast(layer)
+    layer.axis = int(axis)
+    layer.epsilon = float(epsilon)
+
+
 def _affine_weights(layer, shape) -> None:
     """gamma/beta (when scale/center) of `shape`, with the layer's initializers and the rest."""
     layer.gamma = layer.beta = None
@@ -104,14 +114,8 @@ class GroupNormalization(keras.layers.Layer):
                  beta_regularizer=None, gamma_regularizer=None,
                  beta_constraint=None, gamma_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        if axis == 0:
-            raise ValueError("axis=0 is the batch axis: normalizing over it is batch "
-                             "normalization; use BatchNormalization")
-        self.supports_masking = True
-        _no_input_autocast(self)
+        _feature_norm_setup(self, axis, epsilon)
         self.groups = int(groups)
-        self.axis = int(axis)
-        self.epsilon = float(epsilon)
         _affine_init(self, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
                      gamma_regularizer, beta_constraint, gamma_constraint)
 
@@ -283,12 +287,7 @@ class RMSNormalization(keras.layers.Layer):
                  gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
                  beta_constraint=None, gamma_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        if axis == 0:
-            raise ValueError("axis=0 is the batch axis; RMSNorm normalizes features")
-        self.supports_masking = True
-        _no_input_autocast(self)
-        self.axis = int(axis)
-        self.epsilon = float(epsilon)
+        _feature_norm_setup(self, axis, epsilon)
         _affine_init(self, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
                      gamma_regularizer, beta_constraint, gamma_constraint)
 

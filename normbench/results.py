@@ -229,7 +229,8 @@ def group_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
         acc = [r.test_accuracy for r in rs]
         mean, std, half = stats.mean_ci(acc)
         rows.append({
-            "name": name, "config": ", ".join(f"{p}={_label(flats[key].get(p))}" for p in varying),
+            "name": name, "config": ", ".join(f"{p}={_label(flats[key][p])}" for p in varying
+                                              if flats[key].get(p) is not None),
             "dataset": dataset, "smoke": smoke, "norm": rs[0].norm_type,
             "impl": ",".join(sorted({r.impl_used for r in rs})), "runs": len(rs),
             "test_acc_mean": mean, "test_acc_std": std, "test_acc_ci95": half,

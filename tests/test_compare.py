@@ -38,7 +38,7 @@ def sweep_dir(tmp_path, make_record):
 
 def test_group_rows_carry_ci_and_config(sweep_dir):
     rows = results.group_rows(results.load_records(sweep_dir)[0])
-    row = next(r for r in rows if r["config"] == "model.norm.groups=None, model.norm.type=batch, train.batch_size=2")
+    row = next(r for r in rows if r["config"] == "model.norm.type=batch, train.batch_size=2")
     mean, std, half = stats.mean_ci(ACC[("batch", 2)])
     assert row["runs"] == 3 and row["test_acc_mean"] == pytest.approx(0.91)
     assert row["test_acc_ci95"] == pytest.approx(4.302652730 * 0.01 / math.sqrt(3), rel=1e-8) == pytest.approx(half)

@@ -87,7 +87,7 @@ def test_group_statistics_by_hand(make_record):
 def test_render_formats(make_record):
     rows = results.group_rows([make_record()])
     md = results.render(rows, results.GROUP_COLUMNS, "md")
-    assert md.splitlines()[0].startswith("| name | dataset |") and "**90.00%**" in md
+    assert md.splitlines()[0].startswith("| name | config | dataset |") and "**90.00%**" in md
     parsed = list(csv.DictReader(io.StringIO(results.render(rows, results.GROUP_COLUMNS, "csv"))))
     assert float(parsed[0]["test_acc_mean"]) == 0.9
     assert json.loads(results.render(rows, results.GROUP_COLUMNS, "json"))[0]["runs"] == 1
@@ -106,6 +106,6 @@ def test_summaries_rebuilt_from_records(tmp_path, make_record):
 
 
 def test_every_column_is_documented():
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", README.read_text(), re.M))
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", README.read_text(), re.M))
     missing = (set(results.RUN_COLUMNS) | set(results.GROUP_COLUMNS)) - documented
     assert not missing, f"results/README.md lacks {sorted(missing)}"
