@@ -38,7 +38,8 @@ def _error_plot(plt, lines, xlabel: str, title: str, path: Path, log2: bool) -> 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for label, points in sorted(lines.items()):
         xs, ys, cis = zip(*points)
-        ax.plot(xs, ys, marker="o", label=label.split(": ", 1)[1].replace("model.norm.type=", ""))
+        ax.plot(xs, ys, marker="o", label=label.split(": ", 1)[1].replace("model.norm.type=", "")
+                .replace("model.norm.", "").replace("train.", ""))
         ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)],
                         alpha=0.2)
     if log2:

@@ -2,6 +2,8 @@
 # Rebuild results/examples/ from the runs of the three shipped sweeps (see results/README.md).
 #   normbench run configs/batch_size_sweep.yaml configs/batch_size_sweep_convnet.yaml \
 #       configs/groups_sweep.yaml -j 2 --results RUNS_DIR
+#   normbench run configs/batch_size_sweep_convnet.yaml -s train.lr_scaling=none \
+#       -s name=batch_size_sweep_convnet_constant_lr -j 2 --results RUNS_DIR
 #   scripts/make_examples.sh RUNS_DIR
 set -euo pipefail
 runs=${1:?usage: scripts/make_examples.sh RUNS_DIR}
@@ -9,7 +11,7 @@ cd "$(dirname "$0")/.."
 nb=${NORMBENCH:-.venv/bin/normbench}
 out=results/examples
 mkdir -p "$out"
-for name in batch_size_sweep batch_size_sweep_convnet; do
+for name in batch_size_sweep batch_size_sweep_convnet batch_size_sweep_convnet_constant_lr; do
   {
     echo "# $name: test error (%) ± 95% CI half-width, by batch size"
     echo
