@@ -34,7 +34,10 @@ def test_defaults_reproduce_the_tutorial():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid_and_named_after_their_file(path):
-    assert specs.load(path).name == path.stem
+    runs = specs.load_runs(path)
+    assert {r.name for r in runs} == {path.stem}
+    if "sweep" in path.stem:  # the shipped sweeps: 5 norms x 6 batch sizes, or 4 group counts, x 3 seeds
+        assert len(runs) in (90, 12) and {r.train.seed for r in runs} == {0, 1, 2}
 
 
 def test_shipped_tutorial_configs():
