@@ -25,7 +25,7 @@ def value_of(record: RunRecord, path: str) -> Any:
 
 
 def _matches(value: Any, raw: str) -> bool:
-    return results._label(value) == raw or str(value).lower() == raw.lower()
+    return results.value_label(value) == raw or str(value).lower() == raw.lower()
 
 
 def parse_filters(filters: list[str], option: str = "--where") -> list[tuple[str, str]]:
@@ -103,9 +103,9 @@ def pivot(rows: list[dict], by: str) -> tuple[list[dict], list[str]]:
         cell = f"{100 * row['test_err_mean']:.2f}"
         if row["test_err_ci95"] is not None:
             cell += f" ± {100 * row['test_err_ci95']:.2f}"
-        table.setdefault(key, {})[results._label(value)] = f"{cell} (n={row['runs']})"
+        table.setdefault(key, {})[results.value_label(value)] = f"{cell} (n={row['runs']})"
     values.sort(key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else str(v)))
-    columns = [results._label(v) for v in values]
+    columns = [results.value_label(v) for v in values]
     out = [{"name": name, "config": rest, "dataset": dataset, "smoke": smoke,
             **{c: cells.get(c) for c in columns}}
            for (name, rest, dataset, smoke), cells in table.items()]

@@ -6,6 +6,12 @@ so the same class runs beside the real tfa on the legacy stack and without it on
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
 import keras
 import tensorflow as tf
 
@@ -142,9 +148,7 @@ class GroupNormalization(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        x = tf.convert_to_tensor(inputs)
-        if x.dtype in _LOW_PRECISION:  # float16 statistics overflow (tfa issue 2550)
-            x = tf.cast(x, tf.float32)
+        x = _stats_input(inputs)  # float16 statistics overflow (tfa issue 2550)
         rank = x.shape.rank
         axis = self.axis % rank
         dim = x.shape[axis]
@@ -378,12 +382,7 @@ def _translate_config(node):
 
 def _translated_copy(path, directory):
     """A copy of the saved model at `path` whose config names normbench's layers."""
-    import json
-    import shutil
-    import zipfile
-    from pathlib import Path
-
-    import h5py
+    import h5py  # Keras's own dependency; only this path needs it
 
     copy = Path(directory) / Path(path).name
     if zipfile.is_zipfile(path):
@@ -414,8 +413,6 @@ def load_model(path, *, compile: bool = False, safe_mode: bool = True):
     config translated for Keras 3. The file itself is never modified. Compiling is off by default:
     tfa-era optimizer states rarely restore across Keras versions.
     """
-    import tempfile
-
     kwargs = {"safe_mode": safe_mode} if KERAS_3 else {}
     with tempfile.TemporaryDirectory() as tmp:
         copy = _translated_copy(path, tmp)

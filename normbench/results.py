@@ -208,7 +208,7 @@ def flat_spec(spec: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _label(value: Any) -> str:
+def value_label(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
@@ -229,7 +229,7 @@ def group_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
         acc = [r.test_accuracy for r in rs]
         mean, std, half = stats.mean_ci(acc)
         rows.append({
-            "name": name, "config": ", ".join(f"{p}={_label(flats[key][p])}" for p in varying
+            "name": name, "config": ", ".join(f"{p}={value_label(flats[key][p])}" for p in varying
                                               if flats[key].get(p) is not None),
             "dataset": dataset, "smoke": smoke, "norm": rs[0].norm_type,
             "impl": ",".join(sorted({r.impl_used for r in rs})), "runs": len(rs),
