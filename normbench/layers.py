@@ -6,7 +6,11 @@ so the same class runs beside the real tfa on the legacy stack and without it on
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import json
+import math
 import shutil
 import tempfile
 import zipfile
@@ -37,6 +41,81 @@ def _mean(t: tf.Tensor, axes: list[int]) -> tf.Tensor:
     for axis in sorted(axes, reverse=True):
         t = tf.reduce_mean(t, axis=axis, keepdims=True)
     return t
+
+
+def _sum(t: tf.Tensor, axes: list[int]) -> tf.Tensor:
+    """Sum over `axes`, one axis at a time (see _mean)."""
+    for axis in sorted(axes, reverse=True):
+        t = tf.reduce_sum(t, axis=axis, keepdims=True)
+    return t
+
+
+# Inside a tf.function, GN's arithmetic runs as one XLA-compiled kernel per direction: TF graph
+# mode would launch ~20 separate ops over the tensor. Trainers turn it off with xla_kernels(False).
+_XLA_KERNELS: contextvars.ContextVar[bool] = contextvars.ContextVar("xla_kernels", default=True)
+
+
+@contextlib.contextmanager
+def xla_kernels(enabled: bool):
+    """Within this block, layers traced into a graph use XLA kernels only if `enabled`."""
+    token = _XLA_KERNELS.set(enabled)
+    try:
+        yield
+    finally:
+        _XLA_KERNELS.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def group_norm_kernel(groups: int, axis: int, epsilon: float, *, xla: bool = False):
+    """f(x, gamma, beta) -> GN(x): statistics per sample and group, in x's dtype, with an
+    analytic gradient (one fused reduction pass and one elementwise pass, instead of the ~30
+    ops autodiff makes of the forward pass). Shared by every layer with the same settings."""
+
+    def kernel(x, gamma, beta):
+        rank = x.shape.rank
+        ax = axis % rank
+        dim = x.shape[ax]
+        dynamic = tf.shape(x)
+        sizes = [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+        grouped_shape = sizes[:ax] + [groups, dim // groups] + sizes[ax + 1:]
+        inner = [i for i in range(1, rank + 1) if i not in (ax, ax + 1)]  # per sample, channel
+        weight_shape = [1] * (rank + 1)
+        weight_shape[ax:ax + 2] = [groups, dim // groups]
+        first = tuple(slice(None) if i in (0, ax) else slice(0, 1) for i in range(rank + 1))
+        known = [x.shape[i] for i in range(1, rank) if i != ax]
+        count = (tf.cast(tf.reduce_prod([sizes[i] for i in range(1, rank) if i != ax]), x.dtype)
+                 if None in known else float(math.prod(known))) * (dim // groups)
+
+        def group_sum(t):  # per sample and group, keeping dims
+            return tf.reduce_sum(_sum(t, inner), axis=ax + 1, keepdims=True)
+
+        @tf.custom_gradient
+        def normalize(grouped, gamma, beta):
+            # Shift each group by one of its own values before averaging: the float32 sum of
+            # values with a large common offset (mean 1e4, std 1e-2) would lose the spread.
+            centered = grouped - grouped[first]
+            xc = centered - group_sum(centered) / count
+            inv = tf.math.rsqrt(group_sum(tf.square(xc)) / count + tf.cast(epsilon, x.dtype))
+            # xc * (inv * gamma), not tfa's fold x * inv - mean * inv, which with a large mean
+            # subtracts two large products and keeps only a few bits of the result.
+            outputs = xc * (inv * gamma) + beta
+
+            def grad(dy):
+                dy_xc = _sum(dy * xc, inner)  # per sample and channel
+                dy_sum = _sum(dy, inner)
+                d_gamma = tf.reduce_sum(dy_xc * inv, axis=0, keepdims=True)
+                d_beta = tf.reduce_sum(dy_sum, axis=0, keepdims=True)
+                mean_g = tf.reduce_sum(dy_sum * gamma, axis=ax + 1, keepdims=True) / count
+                mean_gx = tf.reduce_sum(dy_xc * gamma, axis=ax + 1, keepdims=True) * (inv / count)
+                return (dy * gamma - mean_g - xc * (inv * mean_gx)) * inv, d_gamma, d_beta
+
+            return outputs, grad
+
+        outputs = normalize(tf.reshape(x, grouped_shape), tf.reshape(gamma, weight_shape),
+                            tf.reshape(beta, weight_shape))
+        return tf.reshape(outputs, dynamic)
+
+    return tf.function(kernel, jit_compile=True, autograph=False) if xla else kernel
 
 
 def _feature_norm_setup(layer, axis: int, epsilon: float) -> None:
@@ -149,31 +228,12 @@ class GroupNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = _stats_input(inputs)  # float16 statistics overflow (tfa issue 2550)
-        rank = x.shape.rank
-        axis = self.axis % rank
-        dim = x.shape[axis]
-        groups = self._num_groups
-        dynamic = tf.shape(x)
-        sizes = [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
-        grouped = tf.reshape(x, sizes[:axis] + [groups, dim // groups] + sizes[axis + 1:])
-        reduce_axes = [i for i in range(1, rank + 1) if i != axis]
-        # Shift each group by one of its own values before averaging: the float32 sum of values
-        # with a large common offset (mean 1e4, std 1e-2) would lose the spread to rounding.
-        first = tuple(slice(0, 1) if i in reduce_axes else slice(None) for i in range(rank + 1))
-        centered = grouped - tf.stop_gradient(grouped[first])
-        mean = _mean(centered, reduce_axes)
-        variance = _mean(tf.math.squared_difference(centered, mean), reduce_axes)
-        inv = tf.math.rsqrt(variance + tf.cast(self.epsilon, x.dtype))
-        weight_shape = [1] * (rank + 1)
-        weight_shape[axis:axis + 2] = [groups, dim // groups]
-        if self.scale:
-            inv = inv * tf.reshape(tf.cast(self.gamma, x.dtype), weight_shape)
-        # (x - mean) * inv, not tfa's fold x * inv - mean * inv, which with a large mean subtracts
-        # two large products and keeps only a few bits of the result.
-        outputs = (centered - mean) * inv
-        if self.center:
-            outputs = outputs + tf.reshape(tf.cast(self.beta, x.dtype), weight_shape)
-        return tf.cast(tf.reshape(outputs, dynamic), self.compute_dtype)
+        dim = x.shape[self.axis]
+        gamma = tf.cast(self.gamma, x.dtype) if self.scale else tf.ones([dim], x.dtype)
+        beta = tf.cast(self.beta, x.dtype) if self.center else tf.zeros([dim], x.dtype)
+        kernel = group_norm_kernel(self._num_groups, self.axis, self.epsilon,
+                                   xla=_XLA_KERNELS.get() and not tf.executing_eagerly())
+        return tf.cast(kernel(x, gamma, beta), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

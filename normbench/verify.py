@@ -125,9 +125,12 @@ def _short(name: str) -> str:
     return name.split("/")[-1].split(":")[0]
 
 
-def run(layer, x: np.ndarray, dy: np.ndarray, dynamic_batch: bool = False
+def run(layer, x: np.ndarray, dy: np.ndarray, dynamic_batch: bool = False, graph: bool = False
         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(output, gradients of sum(output * dy) w.r.t. x and each trainable weight by name)."""
+    """(output, gradients of sum(output * dy) w.r.t. x and each trainable weight by name).
+
+    Eagerly, or (graph=True, or dynamic_batch) inside a tf.function, where normbench's GN runs
+    its XLA-compiled kernels: training uses those, so both paths are checked."""
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # the unknown-batch cases trace on purpose
@@ -141,6 +144,8 @@ def run(layer, x: np.ndarray, dy: np.ndarray, dynamic_batch: bool = False
 
     if dynamic_batch:
         step = tf.function(step, input_signature=[tf.TensorSpec((None,) + x.shape[1:], x.dtype)])
+    elif graph:
+        step = tf.function(step)
     y, grads = step(tf.constant(x))
     names = ["x"] + [_short(w.name) for w in layer.trainable_weights]
     return np.asarray(y, np.float64), {n: np.asarray(g, np.float64) for n, g in zip(names, grads)}
@@ -207,13 +212,13 @@ def _exact_errors(case: Case, weights: dict, x: np.ndarray, dy: np.ndarray, y: n
     return rel_error(y, want), max(rel_error(g, ref[n]) for n, g in grads.items())
 
 
-def against_reference(case: Case) -> Result:
+def against_reference(case: Case, graph: bool = False) -> Result:
     layer = _native(case)
     weights = build(layer, case.shape)
     x, dy = _inputs(case)
-    y, grads = run(layer, x, dy, case.dynamic_batch)
-    return Result("native vs float64", case.name, *_exact_errors(case, weights, x, dy, y, grads),
-                  TOLERANCE)
+    y, grads = run(layer, x, dy, case.dynamic_batch, graph)
+    return Result("native (tf.function, XLA kernel) vs float64" if graph else "native vs float64",
+                  case.name, *_exact_errors(case, weights, x, dy, y, grads), TOLERANCE)
 
 
 def against(other: Callable[[Case], Any], label: str, case: Case) -> Result:
@@ -231,7 +236,7 @@ def against(other: Callable[[Case], Any], label: str, case: Case) -> Result:
                   max(_exact_errors(case, weights, x, dy, y2, g2)))
 
 
-def batch_independence(shape=(4, 600, 400, 24), groups: int = 3) -> Result:
+def batch_independence(shape=(4, 600, 400, 24), groups: int = 3, graph: bool = False) -> Result:
     """tfa issue 2745: a sample's output and gradient alone vs inside its batch."""
     from normbench import layers
 
@@ -240,13 +245,14 @@ def batch_independence(shape=(4, 600, 400, 24), groups: int = 3) -> Result:
     rng = np.random.default_rng(2)
     x = rng.normal(1.0, 2.0, shape).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)
-    y_all, g_all = run(layer, x, dy)
-    y_one, g_one = run(layer, x[:1], dy[:1])
-    return Result("batch independence", f"GN g={groups} {'x'.join(map(str, shape))}",
+    y_all, g_all = run(layer, x, dy, graph=graph)
+    y_one, g_one = run(layer, x[:1], dy[:1], graph=graph)
+    return Result("batch independence" + (" (tf.function)" if graph else ""),
+                  f"GN g={groups} {'x'.join(map(str, shape))}",
                   rel_error(y_one, y_all[:1]), rel_error(g_one["x"], g_all["x"][:1]), TOLERANCE)
 
 
-def large_offset(mean: float = 1e4, std: float = 1e-2) -> Result:
+def large_offset(mean: float = 1e4, std: float = 1e-2, graph: bool = False) -> Result:
     """Inputs with a large common offset: naive E[x^2]-E[x]^2 or a folded affine loses them."""
     from normbench import layers
 
@@ -255,10 +261,10 @@ def large_offset(mean: float = 1e4, std: float = 1e-2) -> Result:
     weights = build(layer, case.shape)
     x = np.random.default_rng(3).normal(mean, std, case.shape).astype(np.float32)
     dy = np.random.default_rng(4).normal(size=case.shape).astype(np.float32)
-    y, grads = run(layer, x, dy)
+    y, grads = run(layer, x, dy, graph=graph)
     want = reference(x, 2, -1, weights["gamma"], weights["beta"], case.epsilon)
     ref = reference_grads(x, dy, 2, -1, weights["gamma"], case.epsilon)
-    return Result("large offset", f"mean {mean:g} std {std:g}", rel_error(y, want),
+    return Result("large offset" + (" (tf.function)" if graph else ""), f"mean {mean:g} std {std:g}", rel_error(y, want),
                   rel_error(grads["gamma"], ref["gamma"]), TOLERANCE)
 
 
@@ -299,12 +305,15 @@ def run_all(quick: bool = False) -> list[Result]:
 
     cases = CASES[::7] if quick else CASES
     out = [against_reference(c) for c in cases]
+    out += [against_reference(c, graph=True) for c in cases if not c.dynamic_batch]
     if tfa_status()[0]:
         out += [against(_tfa, "tfa", c) for c in cases]
     out += [against(_keras, "keras", c) for c in cases]
     out.append(batch_independence((4, 150, 100, 24) if quick else (4, 600, 400, 24)))
     out.append(batch_independence((64, 16, 16, 24)))
+    out.append(batch_independence((64, 16, 16, 24), graph=True))
     out.append(large_offset())
+    out.append(large_offset(graph=True))
     for policy, instance in itertools.product(("mixed_float16", "mixed_bfloat16"), (False, True)):
         out.append(mixed_precision(policy, instance))
     return out

@@ -31,6 +31,16 @@ def test_native_matches_float64_reference(case):
     assert result.ok, result
 
 
+GRAPH_CASES = [c for c in verify.CASES if not c.dynamic_batch]
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES, ids=[c.name for c in GRAPH_CASES])
+def test_native_xla_kernel_matches_float64_reference(case):
+    # inside a tf.function the layer runs its XLA-compiled kernels (what training uses)
+    result = verify.against_reference(case, graph=True)
+    assert result.ok, result
+
+
 @pytest.mark.skipif(not TFA_USABLE, reason=f"tensorflow-addons unusable: {norms.tfa_status()[1]}")
 @pytest.mark.parametrize("case", verify.CASES, ids=[c.name for c in verify.CASES])
 def test_native_matches_real_tfa(case):
