@@ -324,6 +324,138 @@ def verify(quick: bool = typer.Option(False, "--quick", help="Every 7th case and
         raise typer.Exit(1)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: every ratio is measured side by "
+                        "side in one invocation (machines are noisy); each writes JSON too.")
+app.add_typer(bench_app, name="bench")
+
+
+def _bench_json(name: str) -> Path:
+    return typer.Option(Path("results/bench") / f"{name}.json", "--json",
+                        help="Where the measurements go as JSON.")
+
+
+def _log(line: str) -> None:
+    err.print(line, markup=False, highlight=False)
+
+
+def _bench_table(title: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@bench_app.command("train")
+@_friendly
+def bench_train(epochs: int = typer.Option(3, min=2, max=100, help="Epochs per run (>= 2)."),
+                seeds: int = typer.Option(3, min=1, max=20, help="Seeds (runs per path)."),
+                dataset: str = typer.Option("mnist-10k", help="mnist, mnist-10k or fashion-mnist."),
+                batch_size: int = typer.Option(32, min=1, max=4096),
+                json_path: Path = _bench_json("train")) -> None:
+    """The tutorial's recipe (Sequential + model.fit) vs normbench's default training path:
+    steady samples/s, the ratio, first-epoch time, test accuracy, GFLOP/s vs sgemm peak."""
+    from normbench import bench
+
+    found = bench.bench_train(epochs=epochs, seeds=seeds, dataset=dataset,
+                              batch_size=batch_size, log=_log)
+    bench.write_json(json_path, {**found, "env": bench.environment()})
+    peak = found["sgemm_peak_gflops"]
+    rows = [(path, f"{s['samples_per_s']:,.0f}", f"{s['first_epoch_s']:.2f}",
+             f"{100 * s['test_accuracy_mean']:.2f} ± {100 * s['test_accuracy_std']:.2f}",
+             f"{s['gflops']:.1f}", f"{100 * s['fraction_of_peak']:.1f}%")
+            for path, s in found["summary"].items()]
+    _bench_table(f"bench train: {found['dataset']}, batch {batch_size}, {epochs} epochs x "
+                 f"{seeds} seed(s); {found['flops_per_sample'] / 1e6:.2f} MFLOP/sample; "
+                 f"sgemm peak {peak:.0f} GFLOP/s; normbench compiled: {found['compiled']}",
+                 ("path", "samples/s", "1st epoch s", "test acc % (mean ± std)", "GFLOP/s",
+                  "of peak"), rows)
+    p = found["accuracy_p_value"]
+    out.print(f"ratio normbench / tutorial: {found['ratio']:.2f}x (per seed "
+              + ", ".join(f"{r:.2f}" for r in found["ratio_per_seed"]) + "; target >= 3.0); "
+              f"normbench / tutorial + normbench GN (the training loop alone): "
+              f"{found['ratio_same_layer']:.2f}x; test accuracy normbench - tutorial "
+              f"{100 * found['accuracy_difference']:+.2f} points"
+              + (f" (Welch p = {p:.2f})" if p is not None else ""), markup=False)
+    out.print(f"wrote {json_path}", markup=False)
+
+
+@bench_app.command("layers")
+@_friendly
+def bench_layers(repeats: int = typer.Option(15, min=3, max=1000, help="Timed calls per implementation."),
+                 json_path: Path = _bench_json("layers")) -> None:
+    """GroupNorm and InstanceNorm forward+backward (ms, median) per implementation, in graph
+    mode and under XLA, against the floor: a per-channel affine layer's forward+backward."""
+    from normbench import bench
+
+    rows = bench.bench_layers(repeats=repeats, log=_log)
+    bench.write_json(json_path, {"rows": rows, "env": bench.environment()})
+    impls = [k for k in rows[0]["ms"] if k != "floor"]
+    _bench_table("bench layers: forward+backward ms (median); floor = x*gamma+beta fwd+bwd",
+                 ("norm", "shape", "mode", *impls, "floor", "keras/native", "native/floor"),
+                 [(r["norm"] if r["norm"] != "group" else f"group g={r['groups']}",
+                   "x".join(map(str, r["shape"])), r["mode"],
+                   *(f"{r['ms'][k]:.2f}" for k in impls), f"{r['ms']['floor']:.2f}",
+                   f"{r['keras_over_native']:.2f}x", f"{r['native_over_floor']:.2f}x")
+                  for r in rows])
+    out.print("targets: graph keras/native >= 1.5x; xla keras/native >= 1.0x and native/floor "
+              "<= 1.5x on the two larger shapes", markup=False)
+    out.print(f"wrote {json_path}", markup=False)
+
+
+@bench_app.command("cli")
+@_friendly
+def bench_cli(records: int = typer.Option(1000, min=1, max=100_000, help="Run records for compare."),
+              repeats: int = typer.Option(5, min=1, max=100),
+              json_path: Path = _bench_json("cli")) -> None:
+    """Wall time of --help, --version, validate configs/*.yaml and compare over N records, each
+    in a fresh interpreter (median), and whether each imports TensorFlow."""
+    from normbench import bench
+
+    rows = bench.bench_cli(records=records, repeats=repeats, log=_log)
+    bench.write_json(json_path, {"rows": rows, "env": bench.environment()})
+    _bench_table("bench cli: median wall time, fresh interpreter", ("command", "seconds", "target",
+                 "imports TF"), [(r["command"], f"{r['seconds']:.3f}",
+                                  "-" if r["target_s"] is None else f"< {r['target_s']}",
+                                  "yes" if r["imports_tensorflow"] else "no") for r in rows])
+    out.print(f"wrote {json_path}", markup=False)
+
+
+@bench_app.command("memory")
+@_friendly
+def bench_memory(dataset: str = typer.Option("fashion-mnist", help="Dataset of the run."),
+                 epochs: int = typer.Option(1, min=1, max=100),
+                 json_path: Path = _bench_json("memory")) -> None:
+    """Peak resident memory (RSS) of a whole `normbench run` in a child process (target < 2 GiB)."""
+    from normbench import bench
+
+    row = bench.bench_memory(dataset=dataset, epochs=epochs, log=_log)
+    bench.write_json(json_path, {**row, "env": bench.environment()})
+    out.print(f"peak RSS {row['peak_rss_mib']:.0f} MiB (target < {row['target_mib']} MiB)",
+              markup=False)
+    out.print(f"wrote {json_path}", markup=False)
+
+
+@bench_app.command("workers")
+@_friendly
+def bench_workers(runs: int = typer.Option(4, min=1, max=100, help="Runs in the sweep."),
+                  batch_size: int = typer.Option(4, min=1, max=4096),
+                  reps: int = typer.Option(1, min=1, max=20, help="Repetitions (median)."),
+                  jobs: int = typer.Option(2, min=2, max=64, help="Workers to compare with 1."),
+                  json_path: Path = _bench_json("workers")) -> None:
+    """Sweep throughput (runs/min) with 1 vs N local worker processes (target >= 1.6x for 2)."""
+    from normbench import bench
+
+    found = bench.bench_workers(runs=runs, batch_size=batch_size, reps=reps, jobs=jobs, log=_log)
+    bench.write_json(json_path, {**found, "env": bench.environment()})
+    rate = found["runs_per_min"]
+    out.print(f"{runs} runs of batch {batch_size} (8,000 images, 1 epoch): 1 worker "
+              f"{rate['1']:.2f} runs/min, {jobs} workers {rate[str(jobs)]:.2f} runs/min, "
+              f"ratio {found['ratio']:.2f}x", markup=False)
+    out.print(f"wrote {json_path}", markup=False)
+
+
 @app.command("norms")
 def list_norms() -> None:
     """List the normalization layers and their implementations."""
@@ -337,4 +469,24 @@ def list_norms() -> None:
 
 
 def main() -> None:
-    app()
+    """The console script. Usage errors (unknown command or option, a bad option value) are one
+    line on stderr and exit code 2, like every other bad input."""
+    # click's exceptions, wherever this Typer keeps them (its own copy of click, or click)
+    click = sys.modules[typer.BadParameter.__module__]
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # Typer's rich help has printed itself already
+        if exc.message.strip():
+            out.print(exc.message, markup=False, highlight=False)
+        code = 2
+    except click.UsageError as exc:
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+        err.print(f"error: {' '.join(exc.format_message().split())}{where}", markup=False,
+                  highlight=False)
+        code = 2
+    except (typer.Abort, getattr(click, "Abort", typer.Abort)):
+        code = 130
+    except click.ClickException as exc:
+        err.print(f"error: {' '.join(exc.format_message().split())}", markup=False, highlight=False)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -58,9 +59,20 @@ class RunRecord(BaseModel):
     history: list[dict[str, Any]]  # epoch, loss, accuracy, time_s
     spec: dict[str, Any] = {}  # the resolved spec, for --where/--by and plots
     learning_rate: float | None = None  # after train.lr_scaling
+    compiled: str | None = None  # XLA use: step (whole train step), kernels (norm, optimizer), none
 
 
 FINAL = ("finished", "diverged")  # statuses that count as done: a sweep does not run them again
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}-[0-9a-f]{12}")  # run_id(): spec name, content hash
+MIN_FREE_BYTES = 64 << 20  # below this, a run could finish training and then fail to save
+
+
+def run_dir(results_dir: Path, rid: str) -> Path:
+    """results_dir/runs/<rid>, refusing any id that could name a path outside runs/."""
+    if not RUN_ID.fullmatch(rid):
+        raise NormbenchError(f"run id {rid!r} is not of the form NAME-HASH12; refusing to use it "
+                             "as a path")
+    return results_dir / "runs" / rid
 
 
 def run_id(name: str, spec_hash: str, smoke: bool) -> str:
@@ -73,14 +85,15 @@ def run_id(name: str, spec_hash: str, smoke: bool) -> str:
 def finished(results_dir: Path, rid: str) -> RunRecord | None:
     """The run's record if it is done (finished or diverged), else None."""
     try:
-        record = RunRecord.model_validate_json((results_dir / "runs" / rid / "metrics.json").read_bytes())
-    except (OSError, ValidationError, ValueError):
+        record = RunRecord.model_validate_json((run_dir(results_dir, rid) / "metrics.json").read_bytes())
+    except (OSError, ValidationError, ValueError, NormbenchError):
         return None
     return record if record.status in FINAL else None
 
 
 def claim(results_dir: Path, rid: str) -> FileLock | None:
     """Hold the run's lock (released by the OS if the process dies), or None if another holds it."""
+    run_dir(results_dir, rid)  # a valid id, or NormbenchError
     claims = results_dir / "runs" / ".claims"
     claims.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(claims / f"{rid}.lock"))
@@ -88,6 +101,9 @@ def claim(results_dir: Path, rid: str) -> FileLock | None:
         lock.acquire(timeout=0)
     except Timeout:
         return None
+    # Nobody is running it now: a staging directory of it is what a killed writer left behind.
+    for stale in (results_dir / "runs").glob(f".{rid}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return lock
 
 
@@ -96,11 +112,17 @@ def prepare(results_dir: Path) -> Path:
     runs = results_dir / "runs"
     try:
         runs.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=runs, prefix=".probe-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=runs, prefix=".probe-") as probe:
+            probe.write(b"\0" * (64 << 10))  # a full disk or quota fails here, not after training
+            probe.flush()
+            os.fsync(probe.fileno())
+        free = shutil.disk_usage(runs).free
     except OSError as exc:
         raise NormbenchError(f"results directory {results_dir}: not writable "
                              f"({exc.strerror or exc})") from None
+    if free < MIN_FREE_BYTES:
+        raise NormbenchError(f"results directory {results_dir}: only {free >> 20} MiB free on its "
+                             f"disk; normbench needs {MIN_FREE_BYTES >> 20} MiB to save runs")
     return runs
 
 
@@ -122,8 +144,8 @@ def save(record: RunRecord, spec_yaml: str, results_dir: Path, *, replace: bool 
 
     An existing run directory is an error unless `replace` (then it is swapped out, never left
     half-replaced: the old one moves aside before the new one is renamed in)."""
+    final = run_dir(results_dir, record.run_id)
     runs = prepare(results_dir)
-    final = runs / record.run_id
     staging = Path(tempfile.mkdtemp(dir=runs, prefix=f".{record.run_id}."))
     try:
         _write_atomic(staging / "spec.yaml", spec_yaml)
@@ -153,16 +175,25 @@ def load_records(results_dir: Path) -> tuple[list[RunRecord], list[tuple[str, st
         if entry.name.startswith("."):
             continue  # staging directories and probes of runs in flight
         metrics = entry / "metrics.json"
-        if not entry.is_dir():
+        if entry.is_symlink():
+            skipped.append((entry.name, "a symbolic link (not followed: runs live inside runs/)"))
+        elif not entry.is_dir():
             skipped.append((entry.name, "not a run directory"))
         elif not metrics.is_file():
             skipped.append((entry.name, "no metrics.json"))
         else:
             try:
-                records.append(RunRecord.model_validate_json(metrics.read_bytes()))
+                record = RunRecord.model_validate_json(metrics.read_bytes())
             except (OSError, ValidationError, ValueError) as exc:
                 first = str(exc).splitlines()[0]
                 skipped.append((entry.name, f"unreadable metrics.json: {first}"))
+                continue
+            if not (entry / "spec.yaml").is_file():
+                skipped.append((entry.name, "no spec.yaml (a run directory is written whole)"))
+            elif record.run_id != entry.name:
+                skipped.append((entry.name, f"its metrics.json is for run {record.run_id[:80]!r}"))
+            else:
+                records.append(record)
     records.sort(key=lambda r: (r.started, r.run_id))
     return records, skipped
 

@@ -12,12 +12,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ info and warnings (oneDNN, CUDA probes)
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 import normbench  # noqa: E402
-from normbench import data, norms, spec as specs  # noqa: E402
+from normbench import data, layers, norms, spec as specs  # noqa: E402
+from normbench.errors import NormbenchError  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 from normbench.results import RunRecord, run_id  # noqa: E402
 
@@ -45,93 +47,193 @@ def environment() -> dict:
             "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
 
 
-class _Clock(keras.callbacks.Callback):
-    """Wall time per epoch, and per step in the first epoch (to exclude tracing from it)."""
-
-    def __init__(self):
-        super().__init__()
-        self.epoch_times: list[float] = []
-        self.first_epoch_steps: list[float] = []
-        self.logs: list[dict[str, float]] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self.epoch_times:
-            self.first_epoch_steps.append(time.perf_counter())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._end = time.perf_counter()
-        self.epoch_times.append(self._end - self._start)
-        self.logs.append({k: float(v) for k, v in (logs or {}).items()})
-
-    def steady(self, n_train: int, batch_size: int) -> tuple[float, str]:
-        """(samples/s without tracing, how it was measured)."""
-        if len(self.epoch_times) > 1:
-            mean = sum(self.epoch_times[1:]) / (len(self.epoch_times) - 1)
-            return n_train / mean, f"epochs 2-{len(self.epoch_times)}"
-        steps = self.first_epoch_steps
-        if len(steps) < 2:
-            return n_train / self.epoch_times[0], "epoch 1, tracing included (a single step)"
-        warm = max(1, math.ceil(0.1 * len(steps)))
-        samples = n_train - warm * batch_size
-        first_end = self._start + self.epoch_times[0]
-        return samples / (first_end - steps[warm - 1]), f"epoch 1 after {warm} warm-up step(s)"
-
-
-class _Progress(keras.callbacks.Callback):
+class _Progress:
     """A rich progress bar per epoch on stderr, and one line per finished epoch."""
 
     def __init__(self, title: str, epochs: int, steps: int):
-        super().__init__()
         self.title, self.epochs, self.steps = title, epochs, steps
         self.console = Console(stderr=True)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=self.console, transient=True)
 
-    def on_train_begin(self, logs=None):
+    def __enter__(self):
         self.bar.start()
+        return self
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.task = self.bar.add_task(f"{self.title} epoch {epoch + 1}/{self.epochs}",
-                                      total=self.steps)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(self.task, completed=batch + 1)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.bar.remove_task(self.task)
-        logs = logs or {}
-        self.console.print(f"  epoch {epoch + 1}/{self.epochs}  loss {float(logs['loss']):.4f}  "
-                           f"accuracy {100 * float(logs['accuracy']):.2f}%  "
-                           f"{time.perf_counter() - self._start:.1f} s")
-
-    def on_train_end(self, logs=None):
+    def __exit__(self, *exc):
         self.bar.stop()
 
+    def epoch_begin(self, epoch: int) -> None:
+        self.task = self.bar.add_task(f"{self.title} epoch {epoch + 1}/{self.epochs}",
+                                      total=self.steps)
 
-class _Status(keras.callbacks.Callback):
-    """Writes 'epoch E/N' to a file at each epoch start, for a sweep's progress display."""
+    def steps_done(self, steps: int) -> None:
+        self.bar.update(self.task, completed=steps)
 
-    def __init__(self, path: Path, epochs: int):
-        super().__init__()
-        self.path, self.epochs = path, epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(f"epoch {epoch + 1}/{self.epochs}")
-        os.replace(tmp, self.path)
+    def epoch_end(self, epoch: int, loss: float, accuracy: float, seconds: float) -> None:
+        self.bar.remove_task(self.task)
+        self.console.print(f"  epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  "
+                           f"accuracy {100 * accuracy:.2f}%  {seconds:.1f} s")
 
 
-def configure_threads(jobs: int) -> None:
-    """Split this machine's cores between `jobs` concurrent workers (call before any TF op).
+def _write_status(path: Path | None, text: str) -> None:
+    """'epoch E/N' for a sweep's progress display (atomic: the display never reads half)."""
+    if path is not None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
-    Only the intra-op pool is capped: capping the inter-op pool too made two concurrent
-    small-batch runs up to 1.7x slower here (22 s instead of 13 s per run)."""
-    if jobs > 1:
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // jobs))
+
+# ---------------------------------------------------------------------------------------------
+# The train loop: `steps_per_execution` optimizer steps per call, inside one TF graph
+
+COMPILE_MODES = ("step", "kernels", "none")
+
+
+def compile_mode(jit_compile: bool | str) -> str:
+    """'step': the whole train step under XLA; 'kernels': a TF graph whose norm layers and
+    optimizer update are XLA-compiled; 'none': no XLA. `auto` picks by device: on this CPU
+    (normbench bench train) XLA's own convolution, dense-with-dropout and fused reductions are
+    slower than TF's oneDNN kernels, so 'kernels' beats 'step' by 1.5x."""
+    if jit_compile == "auto":
+        return "step" if tf.config.list_physical_devices("GPU") else "kernels"
+    return "step" if jit_compile else "none"
+
+
+class _Loop:
+    """steps(x, y, order, start, count) runs optimizer steps start..start+count-1 of an epoch
+    whose batches are the rows of `order` (sample indices), and returns (sum of per-sample
+    losses, correct predictions) over them: one host sync per call, not per step."""
+
+    def __init__(self, model: keras.Model, optimizer, mode: str):
+        variables = model.trainable_variables
+        loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+        def apply(grads):
+            optimizer.apply_gradients(zip(grads, variables))
+
+        if mode == "kernels":
+            apply = tf.function(apply, jit_compile=True, autograph=False)
+
+        def steps(x, y, order, start, count):
+            def body(i, loss_sum, correct):
+                index = order[start + i]
+                xb, yb = tf.gather(x, index), tf.gather(y, index)
+                with tf.GradientTape() as tape:
+                    probs = model(xb, training=True)
+                    loss = loss_fn(yb, probs)
+                    if model.losses:
+                        loss += tf.add_n(model.losses)
+                apply(tape.gradient(loss, variables))
+                hits = tf.equal(tf.argmax(probs, axis=-1, output_type=yb.dtype), yb)
+                return (i + 1, loss_sum + loss * tf.cast(tf.shape(index)[0], loss.dtype),
+                        correct + tf.reduce_sum(tf.cast(hits, tf.float32)))
+
+            zero = tf.constant(0.0)
+            _, loss_sum, correct = tf.while_loop(lambda i, *_: i < count, body,
+                                                 (tf.constant(0), zero, zero))
+            return loss_sum, correct
+
+        self.steps = tf.function(steps, jit_compile=mode == "step", autograph=False)
+
+
+def _snapshot(variables) -> list:
+    return [v.numpy() for v in variables]
+
+
+def _restore(variables, values) -> None:
+    for v, value in zip(variables, values):
+        v.assign(value)
+
+
+class _Fit:
+    """Trains `model` on (x, y) for `t.epochs` epochs, shuffling with the spec's seed, and keeps
+    what it measured: per-epoch loss, accuracy and wall time, and per-call timestamps."""
+
+    def __init__(self, model, optimizer, t: specs.TrainSpec):
+        self.model, self.optimizer, self.t = model, optimizer, t
+        self.mode = compile_mode(t.jit_compile)
+        self.fallback: str | None = None
+        self.history: list[dict] = []
+        self.first_calls: list[tuple[float, int]] = []  # epoch 1: (seconds, samples) per call
+        optimizer.build(model.trainable_variables)  # slots exist before the graph is traced
+        self.loop = _Loop(model, optimizer, self.mode)
+
+    def _call(self, *args):
+        if self.fallback is not None or self.mode == "none" or self.history or self.first_calls:
+            return self.loop.steps(*args)
+        state = self.model.variables + self.optimizer.variables
+        saved = _snapshot(state)
+        try:
+            return self.loop.steps(*args)
+        except (tf.errors.OpError, NotImplementedError) as exc:  # XLA cannot compile something
+            if self.t.jit_compile is True:
+                raise NormbenchError(f"train.jit_compile: XLA could not compile this model "
+                                     f"({str(exc).strip().splitlines()[0][:200]}); "
+                                     "set jit_compile: auto or false") from None
+            self.fallback = f"XLA ({self.mode}) failed, trained without it: " \
+                            f"{str(exc).strip().splitlines()[0][:200]}"
+            _restore(state, saved)
+            self.mode = "none"
+            self.loop = _Loop(self.model, self.optimizer, "none")
+            return self.loop.steps(*args)
+
+    def run(self, x: np.ndarray, y: np.ndarray, progress: _Progress | None,
+            status_path: Path | None) -> bool:
+        """Train; False if the loss became NaN/Inf (training stops at the end of that call)."""
+        t = self.t
+        n, rng = len(y), np.random.default_rng(t.seed)
+        full, rest = divmod(n, t.batch_size)
+        x_t, y_t = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        with layers.xla_kernels(self.mode == "kernels"):
+            for epoch in range(t.epochs):
+                _write_status(status_path, f"epoch {epoch + 1}/{t.epochs}")
+                if progress:
+                    progress.epoch_begin(epoch)
+                start = time.perf_counter()
+                order = rng.permutation(n).astype(np.int32)
+                batches = tf.constant(order[:full * t.batch_size].reshape(full, t.batch_size))
+                calls = [(batches, s, min(t.steps_per_execution, full - s), t.batch_size)
+                         for s in range(0, full, t.steps_per_execution)]
+                if rest:  # the last, smaller batch, as Keras's fit has it
+                    calls.append((tf.constant(order[full * t.batch_size:][None]), 0, 1, rest))
+                loss_sum = correct = seen = steps = 0
+                for rows, first, count, size in calls:
+                    called = time.perf_counter()
+                    l_sum, hits = self._call(x_t, y_t, rows, tf.constant(first), tf.constant(count))
+                    loss_sum, correct = loss_sum + float(l_sum), correct + float(hits)
+                    seen, steps = seen + count * size, steps + count
+                    if epoch == 0 and size == t.batch_size:
+                        self.first_calls.append((time.perf_counter() - called, count * size))
+                    if progress:
+                        progress.steps_done(steps)
+                    if not math.isfinite(loss_sum):
+                        break
+                seconds = time.perf_counter() - start
+                self.history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
+                                     "accuracy": correct / seen, "time_s": seconds})
+                if progress:
+                    progress.epoch_end(epoch, loss_sum / seen, correct / seen, seconds)
+                if not math.isfinite(loss_sum):
+                    return False
+        return True
+
+    def steady(self, n_train: int) -> tuple[float, str]:
+        """(samples/s without tracing and compilation, how it was measured)."""
+        times = [h["time_s"] for h in self.history]
+        if len(times) > 1:
+            return n_train * (len(times) - 1) / sum(times[1:]), f"epochs 2-{len(times)}"
+        if len(self.first_calls) > 1:  # the first call traces and compiles; so does a last batch
+            seconds, samples = map(sum, zip(*self.first_calls[1:]))
+            return samples / seconds, "epoch 1 without its first call (tracing, compilation)"
+        return n_train / times[0], "epoch 1, tracing included (a single call)"
+
+
+def configure_threads(cores: int) -> None:
+    """Size TensorFlow's intra-op pool to the `cores` a sweep worker owns (before any TF op).
+    The inter-op pool stays at its default: capping it made concurrent runs slower here."""
+    if cores < (os.cpu_count() or 1):
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, cores))
 
 
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
@@ -147,24 +249,22 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     keras.utils.set_random_seed(t.seed)
     model = build_model(spec.model, made.norm, made.conv)
     learning_rate = t.effective_learning_rate
-    model.compile(optimizer=OPTIMIZERS[t.optimizer](learning_rate=learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    optimizer = OPTIMIZERS[t.optimizer](learning_rate=learning_rate)
     n_train = len(ds.y_train)
-    clock = _Clock()
-    callbacks = [keras.callbacks.TerminateOnNaN(), clock]
-    if status_path is not None:
-        callbacks.append(_Status(status_path, t.epochs))
-    if not quiet:
-        callbacks.append(_Progress(spec.name, t.epochs, math.ceil(n_train / t.batch_size)))
-    # NumPy in, Keras's own batching: a tf.data pipeline here made two concurrent sweep
-    # workers no faster than one (1.0x against 1.5x, benchmarks/sweep_workers.py).
-    model.fit(ds.x_train, ds.y_train, batch_size=t.batch_size, epochs=t.epochs, shuffle=True,
-              verbose=0, callbacks=callbacks)
-    test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, batch_size=EVAL_BATCH,
-                                              verbose=0)
-    samples_per_s, basis = clock.steady(n_train, t.batch_size)
-    history = [{"epoch": i + 1, "loss": logs["loss"], "accuracy": logs["accuracy"],
-                "time_s": seconds} for i, (logs, seconds) in enumerate(zip(clock.logs, clock.epoch_times))]
+    fit = _Fit(model, optimizer, t)
+    steps = math.ceil(n_train / t.batch_size)
+    if quiet:
+        fit.run(ds.x_train, ds.y_train, None, status_path)
+    else:
+        with _Progress(spec.name, t.epochs, steps) as progress:
+            fit.run(ds.x_train, ds.y_train, progress, status_path)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with layers.xla_kernels(fit.mode == "kernels"):
+        test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, batch_size=EVAL_BATCH,
+                                                  verbose=0)
+    samples_per_s, basis = fit.steady(n_train)
+    history = fit.history
+    epoch_times = [h["time_s"] for h in history]
     finite = all(math.isfinite(h["loss"]) for h in history) and math.isfinite(test_loss)
     spec_hash = specs.spec_hash(spec)
     return RunRecord(
@@ -178,9 +278,9 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
         test_accuracy=float(test_accuracy), test_loss=float(test_loss),
         train_accuracy=history[-1]["accuracy"], train_loss=history[-1]["loss"],
-        epoch_times_s=clock.epoch_times, first_epoch_s=clock.epoch_times[0],
+        epoch_times_s=epoch_times, first_epoch_s=epoch_times[0],
         steady_epoch_s=n_train / samples_per_s, steady_samples_per_s=samples_per_s,
         steady_basis=basis, total_s=time.perf_counter() - t0, started=started.isoformat(),
         finished=dt.datetime.now(dt.timezone.utc).isoformat(), env=environment(),
-        warnings=[w for w in [ds.provenance.get("warning")] if w], history=history,
-        spec=specs.to_dict(spec), learning_rate=learning_rate)
+        warnings=[w for w in [ds.provenance.get("warning"), fit.fallback] if w], history=history,
+        spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode)

@@ -1,0 +1,384 @@
+"""Benchmarks that measure side by side in one process and report ratios: train, layers, cli,
+memory, workers. Machines are noisy; only numbers taken in the same invocation are compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from normbench import spec as specs
+from normbench.errors import NormbenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# bench train: the tutorial's recipe vs normbench's default path
+
+
+def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best float32 matrix-multiply rate (GFLOP/s) NumPy reaches here: the hardware's ceiling
+    for the dense layers that dominate the tutorial model's arithmetic."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def train_flops_per_sample(model) -> float:
+    """Multiply-adds x2 of the conv and dense layers for one sample, x3 for forward, input
+    gradient and weight gradient (norm, activation and optimizer arithmetic are not counted)."""
+    import keras
+
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += 2.0 * h * w * c_out * kh * kw * layer.kernel.shape[2]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return 3.0 * total
+
+
+def tutorial_recipe(spec: specs.Spec, ds, gn: str) -> dict[str, Any]:
+    """The tfa tutorial's training, unchanged: Sequential model, compile(adam), model.fit at
+    the spec's batch size with Keras's defaults, then evaluate. tfa's GN no longer imports on
+    this TensorFlow; `gn` picks what stands in: "keras" (Keras's GroupNormalization, tfa's
+    formula: what porting the tutorial to current TF gives) or "native" (normbench's layer)."""
+    import keras
+
+    from normbench import norms
+    from normbench.models import build_model
+
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={
+        "norm": spec.model.norm.model_copy(update={"impl": gn})})})
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    times: list[float] = []
+    t = spec.train
+    keras.utils.set_random_seed(t.seed)
+    made = norms.make(spec.model.norm)
+    model = build_model(spec.model, made.norm, made.conv)
+    model.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(ds.x_train, ds.y_train, batch_size=t.batch_size, epochs=t.epochs, verbose=0,
+              callbacks=[Clock()])
+    _, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
+    n = len(ds.y_train)
+    return {"samples_per_s": n * (len(times) - 1) / sum(times[1:]), "first_epoch_s": times[0],
+            "test_accuracy": float(accuracy), "flops_per_sample": train_flops_per_sample(model)}
+
+
+def normbench_path(spec: specs.Spec) -> dict[str, Any]:
+    from normbench import train
+
+    record = train.run_one(spec, quiet=True)
+    return {"samples_per_s": record.steady_samples_per_s, "first_epoch_s": record.first_epoch_s,
+            "test_accuracy": record.test_accuracy, "compiled": record.compiled}
+
+
+def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
+                batch_size: int = 32, config: Path = CONFIGS / "groupnorm.yaml",
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per seed, the tutorial recipe and normbench's default path on the same data and epochs,
+    alternating which goes first; steady samples/s are epochs 2.. of each."""
+    if epochs < 2:
+        raise NormbenchError("bench train: --epochs must be >= 2 (epoch 1 includes compilation)")
+    from normbench import data, stats
+
+    base = specs.load(config, [f"dataset={dataset}", f"train.epochs={epochs}",
+                               f"train.batch_size={batch_size}"])
+    ds = data.load(base.dataset)
+    peak = sgemm_peak()
+    paths = {"tutorial": lambda spec: tutorial_recipe(spec, ds, "keras"),
+             "tutorial + normbench GN": lambda spec: tutorial_recipe(spec, ds, "native"),
+             "normbench": normbench_path}
+    runs: dict[str, list[dict]] = {path: [] for path in paths}
+    for seed in range(seeds):
+        spec = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
+        order = list(paths) if seed % 2 == 0 else list(reversed(paths))
+        for path in order:
+            result = paths[path](spec)
+            runs[path].append({"seed": seed, **result})
+            log(f"seed {seed} {path:23s} {result['samples_per_s']:9,.0f} samples/s  first epoch "
+                f"{result['first_epoch_s']:.2f} s  test acc {100 * result['test_accuracy']:.2f}%")
+    flops = runs["tutorial"][0]["flops_per_sample"]
+    summary = {}
+    for path, rs in runs.items():
+        rate = _median([r["samples_per_s"] for r in rs])
+        acc = [r["test_accuracy"] for r in rs]
+        summary[path] = {"samples_per_s": rate, "first_epoch_s": _median([r["first_epoch_s"] for r in rs]),
+                         "test_accuracy_mean": statistics.fmean(acc),
+                         "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                         "gflops": rate * flops / 1e9, "fraction_of_peak": rate * flops / 1e9 / peak}
+    ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs["tutorial"], runs["normbench"])]
+    acc_t = [r["test_accuracy"] for r in runs["tutorial"]]
+    acc_n = [r["test_accuracy"] for r in runs["normbench"]]
+    p_value = stats.welch(acc_n, acc_t)[1] if seeds > 1 else None
+    return {"dataset": ds.provenance["name"], "epochs": epochs, "batch_size": batch_size,
+            "seeds": seeds, "flops_per_sample": flops, "sgemm_peak_gflops": peak, "runs": runs,
+            "summary": summary, "ratio": summary["normbench"]["samples_per_s"] / summary["tutorial"]["samples_per_s"],
+            "ratio_same_layer": summary["normbench"]["samples_per_s"]
+            / summary["tutorial + normbench GN"]["samples_per_s"],
+            "ratio_per_seed": ratios, "accuracy_difference": statistics.fmean(acc_n) - statistics.fmean(acc_t),
+            "accuracy_p_value": p_value, "compiled": runs["normbench"][0]["compiled"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# bench layers: GroupNorm / InstanceNorm forward+backward per implementation, graph and XLA
+
+LAYER_SHAPES = (((32, 26, 26, 10), 5), ((8, 56, 56, 64), 32), ((2, 128, 128, 256), 32))
+
+
+def _layer_impls(groups: int) -> dict[str, Callable[[], Any]]:
+    import keras
+
+    from normbench import layers, norms
+
+    impls = {"native": lambda: layers.GroupNormalization(groups=groups),
+             "keras": lambda: keras.layers.GroupNormalization(groups=groups)}
+    if norms.tfa_status()[0]:
+        import tensorflow_addons as tfa
+
+        impls["tfa"] = lambda: tfa.layers.GroupNormalization(groups=groups)
+    return impls
+
+
+class _Affine:
+    """The floor: y = x * gamma + beta per channel, forward and backward. Every norm layer
+    does this much elementwise work; what it costs beyond this is its statistics."""
+
+    def __init__(self, channels: int):
+        import tensorflow as tf
+
+        self.gamma = tf.Variable(tf.ones([channels]))
+        self.beta = tf.Variable(tf.zeros([channels]))
+        self.trainable_weights = [self.gamma, self.beta]
+
+    def __call__(self, x):
+        return x * self.gamma + self.beta
+
+
+def _step(layer, weights, xla: bool):
+    import tensorflow as tf
+
+    def step(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return tape.gradient(y, [x] + list(weights), output_gradients=dy)
+
+    return tf.function(step, jit_compile=xla)
+
+
+def bench_layers(*, repeats: int = 15, shapes=LAYER_SHAPES, log: Callable[[str], None] = print
+                 ) -> list[dict[str, Any]]:
+    """Median ms of forward+backward per (norm, shape, mode, impl), implementations alternating
+    within each repetition, with ratios to Keras's layer and to the affine floor."""
+    import tensorflow as tf
+
+    rows = []
+    for (shape, groups), norm in [(s, n) for s in shapes for n in ("group", "instance")]:
+        g = groups if norm == "group" else -1
+        x = tf.random.stateless_normal(shape, (1, 2), mean=2.0, stddev=3.0)
+        dy = tf.random.stateless_normal(shape, (3, 4))
+        for xla in (False, True):
+            steps = {}
+            for name, make in _layer_impls(g).items():
+                layer = make() if norm == "group" or name != "tfa" else _instance_tfa()
+                layer.build(shape)
+                steps[name] = _step(layer, layer.trainable_weights, xla)
+            floor = _Affine(shape[-1])
+            steps["floor"] = _step(floor, floor.trainable_weights, xla)
+            times: dict[str, list[float]] = {name: [] for name in steps}
+            for fn in steps.values():  # trace and compile outside the timing
+                for _ in range(2):
+                    [t.numpy() for t in fn(x, dy)]
+            for _ in range(repeats):
+                for name, fn in steps.items():
+                    start = time.perf_counter()
+                    [t.numpy() for t in fn(x, dy)]
+                    times[name].append(time.perf_counter() - start)
+            ms = {name: 1e3 * _median(ts) for name, ts in times.items()}
+            row = {"norm": norm, "shape": list(shape), "groups": shape[-1] if g == -1 else g,
+                   "mode": "xla" if xla else "graph", "ms": ms,
+                   "keras_over_native": ms["keras"] / ms["native"],
+                   "native_over_floor": ms["native"] / ms["floor"]}
+            rows.append(row)
+            log(f"{norm:8s} {'x'.join(map(str, shape)):14s} {row['mode']:5s} "
+                + "  ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
+                + f"  keras/native {row['keras_over_native']:.2f}x  native/floor {row['native_over_floor']:.2f}x")
+    return rows
+
+
+def _instance_tfa():
+    import tensorflow_addons as tfa
+
+    return tfa.layers.InstanceNormalization()
+
+
+# ---------------------------------------------------------------------------------------------
+# bench cli: start-up paths that must not import TensorFlow
+
+
+def _fake_records(results_dir: Path, count: int) -> None:
+    """`count` run records as a sweep writes them (varied norm, batch size and seed)."""
+    from normbench import results
+
+    template = {"status": "finished", "smoke": False, "impl_requested": "auto",
+                "impl_used": "native", "params": 866_848, "epochs": 3, "test_loss": 0.2,
+                "train_accuracy": 0.95, "train_loss": 0.15, "epoch_times_s": [1.4, 0.6, 0.6],
+                "first_epoch_s": 1.4, "steady_epoch_s": 0.6, "steady_samples_per_s": 13_000.0,
+                "steady_basis": "epochs 2-3", "total_s": 3.0, "started": "2026-01-01T00:00:00",
+                "finished": "2026-01-01T00:00:03", "env": {"tensorflow": "2.21.0"},
+                "dataset": {"requested": "mnist-10k", "name": "mnist-10k", "n_train": 8000},
+                "history": [{"epoch": e, "loss": 0.3 / e, "accuracy": 0.9, "time_s": 0.6}
+                            for e in (1, 2, 3)]}
+    kinds = ["batch", "group", "layer", "instance", "none"]
+    for i in range(count):
+        spec = specs.load_runs(CONFIGS / "groupnorm.yaml", [
+            f"model.norm.type={kinds[i % 5]}", f"train.batch_size={2 ** (1 + (i // 5) % 6)}",
+            f"train.seed={i // 30}"])[0]
+        h = specs.spec_hash(spec)
+        record = results.RunRecord(**{
+            **template, "run_id": results.run_id(spec.name, h, False), "name": spec.name,
+            "spec_hash": h, "config_hash": specs.spec_hash(spec, without_seed=True),
+            "norm_type": spec.model.norm.type, "norm_groups": spec.model.norm.groups,
+            "batch_size": spec.train.batch_size, "seed": spec.train.seed,
+            "test_accuracy": 0.9 + 0.001 * (i % 7), "spec": specs.to_dict(spec)})
+        results.save(record, specs.to_yaml(spec), results_dir)
+
+
+def _time_command(args: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = subprocess.run(args, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise NormbenchError(f"bench cli: {' '.join(args[2:])} failed: "
+                                 f"{(done.stderr or done.stdout).strip()[-300:]}")
+    return _median(times)
+
+
+def imports_tensorflow(args: list[str]) -> bool:
+    """Whether `python ARGS` imports TensorFlow (from -X importtime's report)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True)
+    return any(line.rstrip().endswith("| tensorflow") for line in done.stderr.splitlines())
+
+
+def bench_cli(*, records: int = 1000, repeats: int = 5, log: Callable[[str], None] = print
+              ) -> list[dict[str, Any]]:
+    """Median wall time of each command in a fresh interpreter, as a user runs it."""
+    exe = [sys.executable, "-m", "normbench"]
+    with tempfile.TemporaryDirectory() as tmp:
+        _fake_records(Path(tmp), records)
+        commands = {"normbench --help": ["--help"], "normbench --version": ["--version"],
+                    "normbench validate configs/*.yaml": ["validate", *map(str, sorted(CONFIGS.glob("*.yaml")))],
+                    f"normbench compare ({records} records)": ["compare", "--results", tmp]}
+        rows = []
+        for label, args in commands.items():
+            seconds = _time_command(exe + args, repeats)
+            tf_imported = imports_tensorflow(["-m", "normbench", *args])
+            rows.append({"command": label, "seconds": seconds, "target_s": 0.5,
+                         "imports_tensorflow": tf_imported})
+            log(f"{label:40s} {seconds:.3f} s" + ("  (imports TensorFlow)" if tf_imported else ""))
+    python = _time_command([sys.executable, "-c", "pass"], repeats)
+    rows.append({"command": "python -c pass (interpreter start)", "seconds": python,
+                 "target_s": None, "imports_tensorflow": False})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# bench memory: peak RSS of a whole `normbench run`
+
+
+def bench_memory(*, dataset: str = "fashion-mnist", epochs: int = 1,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Peak resident memory of `normbench run configs/groupnorm.yaml` in a child process."""
+    # A fresh parent whose only child is the run: RUSAGE_CHILDREN is the max over all children.
+    probe = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [sys.executable, "-c", probe, sys.executable, "-m", "normbench", "run",
+                str(CONFIGS / "groupnorm.yaml"), "-s", f"dataset={dataset}",
+                "-s", f"train.epochs={epochs}", "--results", tmp, "--quiet"]
+        start = time.perf_counter()
+        done = subprocess.run(args, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise NormbenchError(f"bench memory: the run failed: {done.stderr.strip()[-300:]}")
+    peak_kib = int(done.stdout.strip().splitlines()[-1])  # Linux reports KiB
+    row = {"dataset": dataset, "epochs": epochs, "peak_rss_mib": peak_kib / 1024,
+           "target_mib": 2048, "seconds": seconds}
+    log(f"normbench run on {dataset}, {epochs} epoch(s): peak RSS {row['peak_rss_mib']:.0f} MiB "
+        f"in {seconds:.1f} s")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# bench workers: sweep throughput with 1 vs 2 local worker processes
+
+
+def bench_workers(*, runs: int = 4, batch_size: int = 4, reps: int = 1, jobs: int = 2,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The same sweep (GN tutorial model, mnist-10k, 1 epoch, seeds 0..runs-1) from an empty
+    results directory with 1 worker and with `jobs`, order alternating between repetitions."""
+    from normbench import sweep
+
+    base = specs.load(CONFIGS / "groupnorm.yaml", ["dataset=mnist-10k", f"train.batch_size={batch_size}"])
+    planned = [base.model_copy(update={"train": base.train.model_copy(update={"seed": s})})
+               for s in range(runs)]
+    rates: dict[int, list[float]] = {1: [], jobs: []}
+    for rep in range(reps):
+        for n in ((1, jobs) if rep % 2 == 0 else (jobs, 1)):
+            with tempfile.TemporaryDirectory() as tmp:
+                todo = sweep.plan(planned, False, Path(tmp))
+                start = time.perf_counter()
+                outcome = sweep.run_workers(todo, Path(tmp), smoke=False, force=False,
+                                            since=sweep.now(), jobs=n)
+                seconds = time.perf_counter() - start
+            if len(outcome.ran) != runs or outcome.failed:
+                raise NormbenchError(f"bench workers: a run failed: {outcome.failed}")
+            rates[n].append(runs / seconds * 60.0)
+            log(f"rep {rep + 1} jobs={n}: {rates[n][-1]:.2f} runs/min")
+    one, many = _median(rates[1]), _median(rates[jobs])
+    return {"runs": runs, "batch_size": batch_size, "reps": reps, "jobs": jobs,
+            "runs_per_min": {"1": one, str(jobs): many}, "ratio": many / one}
+
+
+def write_json(path: Path | None, payload: Any) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def environment() -> dict[str, Any]:
+    from normbench import train
+
+    return {**train.environment(), "load_average": os.getloadavg()}

@@ -1,0 +1,77 @@
+"""Benchmark commands: they run, measure what they say, and write JSON (timings are reported,
+never asserted: machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from normbench import bench, data, norms, spec as specs  # noqa: E402
+from normbench.cli import app  # noqa: E402
+from normbench.models import build_model  # noqa: E402
+
+runner = CliRunner()
+
+
+def test_flops_per_sample_of_the_tutorial_model_by_hand():
+    spec = specs.load(bench.CONFIGS / "groupnorm.yaml")
+    made = norms.make(spec.model.norm)
+    model = build_model(spec.model, made.norm, made.conv)
+    conv = 2 * 26 * 26 * 10 * 3 * 3 * 1
+    dense = 2 * 26 * 26 * 10 * 128 + 2 * 128 * 10
+    assert bench.train_flops_per_sample(model) == 3 * (conv + dense) == 5_564_400
+
+
+def test_sgemm_peak_is_a_plausible_rate():
+    assert 0.1 < bench.sgemm_peak(n=256, repeats=2) < 1e5
+
+
+def test_tutorial_recipe_with_each_stand_in_for_tfa(tmp_path):
+    spec = specs.load(bench.CONFIGS / "groupnorm.yaml", ["train.epochs=2"])
+    ds = data.load("mnist-10k", smoke=True)
+    for gn in ("keras", "native"):
+        found = bench.tutorial_recipe(spec, ds, gn)
+        assert found["samples_per_s"] > 0 and 0.5 < found["test_accuracy"] <= 1.0
+
+
+def test_bench_layers_times_every_implementation_and_the_floor():
+    rows = bench.bench_layers(repeats=3, shapes=[((2, 6, 6, 8), 2)], log=lambda line: None)
+    assert [(r["norm"], r["mode"]) for r in rows] == [("group", "graph"), ("group", "xla"),
+                                                      ("instance", "graph"), ("instance", "xla")]
+    for r in rows:
+        assert set(r["ms"]) >= {"native", "keras", "floor"} and min(r["ms"].values()) > 0
+        assert r["keras_over_native"] == pytest.approx(r["ms"]["keras"] / r["ms"]["native"])
+    assert rows[2]["groups"] == 8  # instance: one group per channel
+
+
+def test_bench_cli_command_writes_json_and_never_imports_tensorflow(tmp_path):
+    out = tmp_path / "cli.json"
+    result = runner.invoke(app, ["bench", "cli", "--records", "30", "--repeats", "1",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["command"] for r in rows][:4] == [
+        "normbench --help", "normbench --version", "normbench validate configs/*.yaml",
+        "normbench compare (30 records)"]
+    assert not any(r["imports_tensorflow"] for r in rows)
+    assert "normbench compare (30 records)" in result.output
+
+
+def test_imports_tensorflow_tells_the_two_apart():
+    assert bench.imports_tensorflow(["-c", "import tensorflow"]) is True
+    assert bench.imports_tensorflow(["-m", "normbench", "norms"]) is False
+
+
+def test_bench_memory_reports_a_child_runs_peak(tmp_path):
+    row = bench.bench_memory(dataset="mnist-10k", epochs=1, log=lambda line: None)
+    assert 100 < row["peak_rss_mib"] < 8192
+
+
+def test_bench_train_refuses_a_single_epoch():
+    result = runner.invoke(app, ["bench", "train", "--epochs", "1"])
+    assert result.exit_code == 2 and "greater than or equal to 2" in result.output
