@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,20 +99,48 @@ def _mnist10k() -> tuple[dict[str, np.ndarray], dict]:
                     "license": "MIT (package); MNIST: Y. LeCun and C. Cortes"}
 
 
-def _fetch_mnist() -> Path:
-    """Keras's cached download, verified against MNIST_SHA256 (raises when offline)."""
+def _cache_root() -> Path:
+    """Where downloads are cached: $NORMBENCH_CACHE_DIR, else Keras's ($KERAS_HOME or ~/.keras)."""
+    return Path(os.environ.get("NORMBENCH_CACHE_DIR") or os.environ.get("KERAS_HOME")
+                or Path.home() / ".keras").expanduser()
+
+
+def _download(fname: str, origin: str, subdir: str, sha256: str | None = None) -> Path:
+    """Keras's cached download (re-fetched when the cached copy fails `sha256`). Keras reports
+    on stdout; that goes to stderr here, so stdout stays the tables people pipe."""
     import keras
 
-    return Path(keras.utils.get_file("mnist.npz", origin=MNIST_ORIGIN, file_hash=MNIST_SHA256))
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)  # else Keras silently caches in /tmp/.keras instead
+    with contextlib.redirect_stdout(sys.stderr):
+        return Path(keras.utils.get_file(fname, origin=origin, file_hash=sha256,
+                                         cache_subdir=subdir, cache_dir=str(root)))
+
+
+def _fetch_mnist() -> Path:
+    """MNIST's npz, verified against MNIST_SHA256. A corrupted cached copy is reported and
+    fetched again; a download that fails the checksum is removed and is an error; no network
+    raises _Unavailable (`mnist` then falls back to mnist-10k)."""
+    cached = _cache_root() / "datasets" / "mnist.npz"
+    corrupted = cached.is_file() and file_sha256(cached) != MNIST_SHA256
+    if corrupted:
+        log.warning(f"{cached}: cached MNIST fails its sha256 check (corrupted); fetching it again")
+    try:
+        return _download("mnist.npz", MNIST_ORIGIN, "datasets", MNIST_SHA256)
+    except ValueError:  # Keras: the downloaded file's hash does not match
+        cached.unlink(missing_ok=True)
+        raise NormbenchError(f"mnist: the file downloaded from {MNIST_ORIGIN} fails its sha256 "
+                             f"check (expected {MNIST_SHA256[:16]}...); it was removed, try again "
+                             "later or use dataset mnist-10k") from None
+    except Exception as exc:  # Keras raises a bare Exception for network failures
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _Unavailable(("the cached copy was corrupted and " if corrupted else "") + why) from None
 
 
 def _mnist() -> tuple[dict[str, np.ndarray], dict]:
-    try:
-        path = _fetch_mnist()
-    except Exception as exc:  # Keras raises a bare Exception for network and checksum failures
-        raise _Unavailable(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__) from None
+    path = _fetch_mnist()
     return _load_npz(path), {"source": f"{MNIST_ORIGIN} (via Keras, sha256 verified), cached at {path}",
-                    "license": "CC BY-SA 3.0 (Y. LeCun and C. Cortes)"}
+                             "license": "CC BY-SA 3.0 (Y. LeCun and C. Cortes)"}
 
 
 def _read_idx(raw: bytes, where: str) -> np.ndarray:
@@ -125,37 +155,57 @@ def _read_idx(raw: bytes, where: str) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _fashion_files() -> tuple[dict[str, Path], str]:
+def _fashion_download(name: str) -> Path:
+    return _download(f"{name}.gz", f"{FASHION_ORIGIN}{name}.gz", "datasets/fashion-mnist")
+
+
+def _fashion_files() -> tuple[dict[str, Path], str, bool]:
+    """(file per IDX name, where they come from, whether they are downloads we may re-fetch)."""
     local = Path(os.environ.get("NORMBENCH_FASHION_MNIST_DIR", FASHION_DEBIAN_DIR))
     files = {name: local / f"{name}.gz" for name in FASHION_IDX_SHA256}
     if all(p.is_file() for p in files.values()):
-        return files, f"{local} (Debian package dataset-fashion-mnist)"
+        return files, f"{local} (Debian package dataset-fashion-mnist)", False
     try:
-        import keras
-
-        files = {name: Path(keras.utils.get_file(f"{name}.gz", origin=f"{FASHION_ORIGIN}{name}.gz",
-                                                 cache_subdir="datasets/fashion-mnist"))
-                 for name in FASHION_IDX_SHA256}
+        files = {name: _fashion_download(name) for name in FASHION_IDX_SHA256}
     except Exception as exc:  # Keras raises a bare Exception for network failures
         raise NormbenchError(
             f"fashion-mnist: not in {local} and the download failed ({str(exc).splitlines()[0]}); "
             "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
             "go online once") from None
-    return files, f"{FASHION_ORIGIN} (via Keras), cached in {files['t10k-labels-idx1-ubyte'].parent}"
+    return files, f"{FASHION_ORIGIN} (via Keras), cached in {files['t10k-labels-idx1-ubyte'].parent}", True
+
+
+def _verified_idx(name: str, path: Path) -> np.ndarray | None:
+    """The IDX array in `path` if its decompressed content has the known sha256, else None."""
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if hashlib.sha256(raw).hexdigest() != FASHION_IDX_SHA256[name]:
+        return None
+    return _read_idx(raw, str(path))
 
 
 def _fashion_mnist() -> tuple[dict[str, np.ndarray], dict]:
-    files, source = _fashion_files()
+    files, source, downloaded = _fashion_files()
     parts = {}
     for name, path in files.items():
-        try:
-            raw = gzip.decompress(path.read_bytes())
-        except (OSError, EOFError) as exc:
-            raise NormbenchError(f"{path}: cannot decompress ({exc}); the file is damaged") from None
-        if hashlib.sha256(raw).hexdigest() != FASHION_IDX_SHA256[name]:
-            raise NormbenchError(f"{path}: checksum mismatch; delete it so it is fetched again "
-                                 "(or reinstall dataset-fashion-mnist)")
-        parts[name] = _read_idx(raw, str(path))
+        parts[name] = _verified_idx(name, path)
+        if parts[name] is None and downloaded:
+            log.warning(f"{path}: fails its sha256 check (corrupted); fetching it again")
+            path.unlink(missing_ok=True)
+            try:
+                path = _fashion_download(name)
+            except Exception as exc:  # offline: Keras raises a bare Exception
+                raise NormbenchError(f"{path}: the cached file was corrupted and fetching it again "
+                                     f"failed ({str(exc).splitlines()[0][:200]})") from None
+            parts[name] = _verified_idx(name, path)
+        if parts[name] is None:
+            hint = ("the server sent a corrupted file; it was removed" if downloaded
+                    else "reinstall dataset-fashion-mnist (apt-get install --reinstall dataset-fashion-mnist)")
+            if downloaded:
+                path.unlink(missing_ok=True)
+            raise NormbenchError(f"{path}: checksum mismatch (or not gzip); {hint}")
     arrays = {"x_train": parts["train-images-idx3-ubyte"], "y_train": parts["train-labels-idx1-ubyte"],
               "x_test": parts["t10k-images-idx3-ubyte"], "y_test": parts["t10k-labels-idx1-ubyte"]}
     return arrays, {"source": source, "license": "MIT (Zalando SE)"}

@@ -6,6 +6,7 @@ help and the parametrized tests. TensorFlow is imported only by `make`, on the t
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def canonical(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in NORMS:
-        raise ValueError(f"unknown norm {name!r}; choose from {', '.join(NORMS)} "
+        close = difflib.get_close_matches(key, [*NORMS, *ALIASES], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown norm {name!r}; {hint}choose from {', '.join(NORMS)} "
                          f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
     return key
 

@@ -9,7 +9,7 @@ from normbench.results import RunRecord
 
 def record(**fields) -> RunRecord:
     base = dict(
-        run_id="gn-20260101-000000-abcdef", name="gn", status="finished", spec_hash="s" * 64,
+        run_id="gn-0123456789ab", name="gn", status="finished", spec_hash="s" * 64,
         config_hash="c" * 64, smoke=False,
         dataset={"requested": "mnist-10k", "name": "mnist-10k", "n_train": 8000, "n_test": 2000,
                  "sha256": "x", "source": "embedded", "warning": None},

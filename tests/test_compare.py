@@ -28,7 +28,7 @@ def sweep_dir(tmp_path, make_record):
         for seed, acc in enumerate(accs):
             spec = _spec(norm, batch, seed)
             results.save(make_record(
-                run_id=f"bs-{norm}-{batch}-{seed}", name="bs", norm_type=norm, batch_size=batch,
+                run_id=f"bs-{norm}-{batch}-{seed:012x}", name="bs", norm_type=norm, batch_size=batch,
                 seed=seed, test_accuracy=acc, config_hash=f"{norm}{batch}", spec=spec,
                 history=[{"epoch": 1, "loss": 1.0 - acc, "accuracy": acc, "time_s": 1.0},
                          {"epoch": 2, "loss": 0.5 - acc / 2, "accuracy": acc, "time_s": 1.0}]),

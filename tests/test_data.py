@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -53,11 +54,12 @@ def test_damaged_embedded_file_is_detected(tmp_path, monkeypatch):
         data.load("mnist-10k")
 
 
-def test_mnist_falls_back_to_mnist10k_offline(monkeypatch, caplog):
-    def offline():
+def test_mnist_falls_back_to_mnist10k_offline(tmp_path, monkeypatch, caplog):
+    def offline(*args, **kwargs):
         raise Exception("URL fetch failure: Name or service not known")
 
-    monkeypatch.setattr(data, "_fetch_mnist", offline)
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "_download", offline)
     ds = data.load("mnist")
     p = ds.provenance
     assert (p["requested"], p["name"], p["n_train"]) == ("mnist", "mnist-10k", 8000)
@@ -137,6 +139,7 @@ def test_fashion_mnist_offline_without_files_is_a_clear_error(tmp_path, monkeypa
         raise Exception("URL fetch failure: Name or service not known")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(tmp_path))
     with pytest.raises(NormbenchError, match="install Debian's dataset-fashion-mnist"):
         data.load("fashion-mnist")
 
@@ -162,3 +165,130 @@ def test_conversion_script_is_deterministic(tmp_path):
     a, b = module.stratified_split(digits), module.stratified_split(digits)
     assert data.content_sha256(a) == data.content_sha256(b)
     assert len(a["y_test"]) == round(sum(10 + d for d in range(10)) * 0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads against a real HTTP server on 127.0.0.1: good files, corrupted files, corrupted caches
+
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import threading  # noqa: E402
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; yields (base URL, directory, request log)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", root, requests
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _fake_mnist(path: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    arrays = {"x_train": rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+              "y_train": rng.integers(0, 10, 40, dtype=np.uint8),
+              "x_test": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+              "y_test": rng.integers(0, 10, 20, dtype=np.uint8)}
+    np.savez(path, **arrays)
+    return arrays
+
+
+@pytest.fixture
+def mnist_server(server, tmp_path, monkeypatch):
+    pytest.importorskip("keras")
+    base, root, requests = server
+    (root / "good").mkdir()
+    (root / "bad").mkdir()
+    arrays = _fake_mnist(root / "good" / "mnist.npz")
+    corrupted = bytearray((root / "good" / "mnist.npz").read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    (root / "bad" / "mnist.npz").write_bytes(bytes(corrupted))
+    monkeypatch.setattr(data, "MNIST_SHA256", data.file_sha256(root / "good" / "mnist.npz"))
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    return base, arrays, requests, tmp_path / "cache" / "datasets" / "mnist.npz"
+
+
+def test_download_is_verified_and_cached(mnist_server, monkeypatch):
+    base, arrays, requests, cached = mnist_server
+    monkeypatch.setattr(data, "MNIST_ORIGIN", base + "good/mnist.npz")
+    ds = data.load("mnist")
+    assert ds.provenance["name"] == "mnist" and ds.provenance["sha256"] == data.content_sha256(arrays)
+    assert cached.is_file() and requests == ["/good/mnist.npz"]
+    data.load("mnist")
+    assert requests == ["/good/mnist.npz"]  # the second load reads the verified cache
+
+
+def test_corrupted_cache_is_reported_and_fetched_again(mnist_server, monkeypatch, caplog):
+    base, arrays, requests, cached = mnist_server
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04 truncated download")
+    monkeypatch.setattr(data, "MNIST_ORIGIN", base + "good/mnist.npz")
+    ds = data.load("mnist")
+    assert "cached MNIST fails its sha256 check (corrupted); fetching it again" in caplog.text
+    assert requests == ["/good/mnist.npz"] and ds.provenance["sha256"] == data.content_sha256(arrays)
+    assert data.file_sha256(cached) == data.MNIST_SHA256
+
+
+def test_corrupted_download_is_an_error_and_is_removed(mnist_server, monkeypatch):
+    base, _, requests, cached = mnist_server
+    monkeypatch.setattr(data, "MNIST_ORIGIN", base + "bad/mnist.npz")
+    with pytest.raises(NormbenchError, match="fails its sha256 check .* it was removed"):
+        data.load("mnist")
+    assert requests == ["/bad/mnist.npz"] and not cached.exists()
+
+
+def test_corrupted_cache_while_offline_falls_back_and_says_why(mnist_server, monkeypatch, caplog):
+    base, _, _, cached = mnist_server
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"garbage")
+    monkeypatch.setattr(data, "MNIST_ORIGIN", base + "missing/mnist.npz")  # 404: no copy to get
+    ds = data.load("mnist")
+    assert ds.provenance["name"] == "mnist-10k"
+    assert "the cached copy was corrupted and" in ds.provenance["warning"]
+
+
+def _fake_fashion(root: Path) -> dict[str, str]:
+    """Tiny IDX files under root; returns their decompressed sha256 by name."""
+    rng = np.random.default_rng(3)
+    shapes = {"train-images-idx3-ubyte": (12, 28, 28), "train-labels-idx1-ubyte": (12,),
+              "t10k-images-idx3-ubyte": (6, 28, 28), "t10k-labels-idx1-ubyte": (6,)}
+    hashes = {}
+    for name, shape in shapes.items():
+        body = rng.integers(0, 10 if len(shape) == 1 else 256, shape, dtype=np.uint8)
+        raw = (0x0800 + len(shape)).to_bytes(4, "big") + b"".join(
+            d.to_bytes(4, "big") for d in shape) + body.tobytes()
+        (root / f"{name}.gz").write_bytes(gzip.compress(raw))
+        hashes[name] = hashlib.sha256(raw).hexdigest()
+    return hashes
+
+
+def test_fashion_download_corrupted_cache_is_fetched_again(server, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("keras")
+    base, root, requests = server
+    monkeypatch.setattr(data, "FASHION_IDX_SHA256", _fake_fashion(root))
+    monkeypatch.setattr(data, "FASHION_ORIGIN", base)
+    monkeypatch.setenv("NORMBENCH_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    assert len(data.load("fashion-mnist").y_train) == 12 and len(requests) == 4
+    cached = tmp_path / "cache" / "datasets" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    cached.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x06" + bytes(6)))  # wrong labels
+    ds = data.load("fashion-mnist")
+    assert "t10k-labels-idx1-ubyte.gz: fails its sha256 check (corrupted); fetching it again" in caplog.text
+    assert requests[4:] == ["/t10k-labels-idx1-ubyte.gz"] and len(ds.y_test) == 6
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")  # the server goes bad
+    cached.write_bytes(b"junk")
+    with pytest.raises(NormbenchError, match="checksum mismatch .* the server sent a corrupted file"):
+        data.load("fashion-mnist")
+    assert not cached.exists()

@@ -8,6 +8,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
+from normbench import layers  # noqa: E402
 from normbench.layers import GroupNormalization, InstanceNormalization  # noqa: E402
 from normbench.verify import reference, reference_grads  # noqa: E402
 
@@ -220,3 +221,14 @@ def test_build_errors_quote_the_numbers(kwargs, shape, message):
 def test_axis_zero_is_rejected_at_construction():
     with pytest.raises(ValueError, match="batch axis"):
         GroupNormalization(axis=0)
+
+
+@pytest.mark.skipif(not layers.KERAS_3, reason="Keras 3's safe mode")
+def test_load_model_refuses_code_in_a_model_file(tmp_path):
+    # A Lambda layer stores Python bytecode in the .keras file; safe mode never runs it.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ValueError, match="could not load it .*(unsafe|safe_mode|Lambda)"):
+        layers.load_model(path)
+    assert layers.load_model(path, safe_mode=False).predict(np.ones((1, 4)), verbose=0)[0, 0] == 2

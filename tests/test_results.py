@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -57,13 +58,56 @@ def test_damaged_entries_are_skipped_with_reasons(tmp_path, make_record):
     (runs / "nometrics").mkdir()
     (runs / "stray.txt").write_text("hello")
     (runs / ".gn-staging.123").mkdir()  # a run being written right now: not reported
+    nospec = runs / "gn-111111111111"
+    shutil.copytree(runs / "gn-0123456789ab", nospec)
+    (nospec / "spec.yaml").unlink()
+    moved = runs / "gn-222222222222"  # a whole run directory copied under another name
+    shutil.copytree(runs / "gn-0123456789ab", moved)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(runs / "gn-0123456789ab", outside)
+    (runs / "gn-333333333333").symlink_to(outside, target_is_directory=True)
     records, skipped = results.load_records(tmp_path)
-    assert [r.run_id for r in records] == ["gn-20260101-000000-abcdef"]
+    assert [r.run_id for r in records] == ["gn-0123456789ab"]
     reasons = dict(skipped)
     assert reasons["nometrics"] == "no metrics.json"
     assert reasons["stray.txt"] == "not a run directory"
     assert reasons["half"].startswith("unreadable metrics.json")
-    assert len(skipped) == 3
+    assert reasons["gn-111111111111"].startswith("no spec.yaml")
+    assert reasons["gn-222222222222"] == "its metrics.json is for run 'gn-0123456789ab'"
+    assert reasons["gn-333333333333"].startswith("a symbolic link")
+    assert len(skipped) == 6
+
+
+@pytest.mark.parametrize("rid", ["../../etc", "a/b-0123456789ab", "..-0123456789ab/x", "",
+                                 "x" * 65 + "-0123456789ab", "gn-0123456789AB", "/abs-0123456789ab"])
+def test_run_ids_can_never_name_a_path_outside_runs(tmp_path, make_record, rid):
+    with pytest.raises(NormbenchError, match="refusing to use it as a path"):
+        results.save(make_record(run_id=rid), "a\n", tmp_path)
+    with pytest.raises(NormbenchError, match="refusing to use it as a path"):
+        results.claim(tmp_path, rid)
+    assert results.finished(tmp_path, rid) is None
+    assert not any(p.name not in ("runs", ".claims") for p in tmp_path.rglob("*"))
+
+
+def test_a_full_disk_is_an_error_before_training(tmp_path, monkeypatch):
+    import shutil as sh
+
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(results.shutil, "disk_usage",
+                        lambda path: usage._replace(free=10 << 20))
+    with pytest.raises(NormbenchError, match=r"only 10 MiB free on its disk; normbench needs 64"):
+        results.prepare(tmp_path / "r")
+
+
+def test_a_killed_writer_leaves_no_run_and_its_leftovers_are_cleaned(tmp_path, make_record):
+    results.prepare(tmp_path)
+    stale = tmp_path / "runs" / ".gn-0123456789ab.k1ll3d"
+    stale.mkdir()
+    (stale / "metrics.json").write_text("{")
+    assert results.load_records(tmp_path) == ([], [])
+    lock = results.claim(tmp_path, "gn-0123456789ab")
+    assert lock is not None and not stale.exists()
+    lock.release()
 
 
 def test_group_statistics_by_hand(make_record):
@@ -94,13 +138,13 @@ def test_render_formats(make_record):
 
 
 def test_summaries_rebuilt_from_records(tmp_path, make_record):
-    results.save(make_record(run_id="a"), "x\n", tmp_path)
-    results.save(make_record(run_id="b", seed=1, test_accuracy=0.8), "x\n", tmp_path)
+    results.save(make_record(run_id="a-00000000000a"), "x\n", tmp_path)
+    results.save(make_record(run_id="b-00000000000b", seed=1, test_accuracy=0.8), "x\n", tmp_path)
     (tmp_path / "runs" / "junk").mkdir()
     skipped = results.write_summaries(tmp_path)
     assert skipped == [("junk", "no metrics.json")]
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert [r["run_id"] for r in rows] == ["a", "b"] and list(rows[0]) == list(results.RUN_COLUMNS)
+    assert [r["run_id"] for r in rows] == ["a-00000000000a", "b-00000000000b"] and list(rows[0]) == list(results.RUN_COLUMNS)
     md = (tmp_path / "summary.md").read_text()
     assert "2 run(s)" in md and "85.00%" in md and "`junk`: no metrics.json" in md
 

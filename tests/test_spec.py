@@ -139,7 +139,7 @@ BAD = [  # (document, overrides, expected fragment of the one-line message)
     ("name: a\nmodel: {dropout: 1.0}\n", (), "model.dropout: Input should be less than 1"),
     ("name: a\ntrain: {seed: -1}\n", (), "train.seed: Input should be greater than or equal to 0"),
     ("name: a\nmodel: {norm: {center: maybe}}\n", (), "model.norm.center: Input should be a valid boolean"),
-    ("name: a\nmodel: {norm: {type: grp}}\n", (), "unknown norm 'grp'; choose from none, batch"),
+    ("name: a\nmodel: {norm: {type: grp}}\n", (), "unknown norm 'grp'; did you mean 'group'? choose from none, batch"),
     ("name: a\ndataset: cifar\n", (), "dataset: unknown dataset 'cifar'; choose from mnist, mnist-10k"),
     ("name: a\ntrain: {optimizer: adamw}\n", (), "unknown optimizer 'adamw'; did you mean 'adam'?"),
     ("name: a\nmodel: {norm: {gamma_initializer: onez}}\n", (), "unknown initializer 'onez'"),

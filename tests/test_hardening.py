@@ -1,0 +1,405 @@
+"""Bad input never crashes normbench: a corpus of malformed specs and command lines, each run
+through the real console entry point, must give one line on stderr naming the field or file,
+exit code 2, no traceback, and create no file. Property tests generate the rest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = "name: ok\ndataset: mnist-10k\n"
+
+# (id, spec file content or a special kind, extra argv, a fragment the message must contain)
+SPECS = [
+    ("empty file", b"", [], "empty spec"),
+    ("only a comment", b"# nothing here\n", [], "empty spec"),
+    ("a list", b"- name: a\n- name: b\n", [], "a spec must be a mapping"),
+    ("a scalar", b"just words\n", [], "a spec must be a mapping"),
+    ("syntax error", b"name: [unclosed\n", [], "invalid YAML (line"),
+    ("tab indentation", b"name: a\nmodel:\n\tnorm: group\n", [], "invalid YAML"),
+    ("duplicate key", b"name: a\nname: b\n", [], "duplicate key 'name'"),
+    ("unknown top-level key", b"name: a\nepoch: 3\n", [], "epoch: unknown key"),
+    ("unknown model key", b"name: a\nmodel: {layers: 3}\n", [], "model.layers: unknown key"),
+    ("unknown norm key", b"name: a\nmodel: {norm: {group: 2}}\n", [], "model.norm.group: unknown key"),
+    ("unknown train key", b"name: a\ntrain: {epoch: 2}\n", [], "did you mean 'epochs'?"),
+    ("string for int", b"name: a\ntrain: {epochs: three}\n", [], "train.epochs"),
+    ("float for int", b"name: a\ntrain: {batch_size: 3.5}\n", [], "train.batch_size"),
+    ("bool for int", b"name: a\ntrain: {epochs: true}\n", [], "train.epochs"),
+    ("scalar for section", b"name: a\nmodel: {norm: 5}\n", [], "model.norm"),
+    ("zero epochs", b"name: a\ntrain: {epochs: 0}\n", [], "train.epochs"),
+    ("negative learning rate", b"name: a\ntrain: {learning_rate: -0.1}\n", [], "train.learning_rate"),
+    ("NaN learning rate", b"name: a\ntrain: {learning_rate: .nan}\n", [], "train.learning_rate"),
+    ("infinite epsilon", b"name: a\nmodel: {norm: {epsilon: .inf}}\n", [], "model.norm.epsilon"),
+    ("huge integer", b"name: a\ntrain: {seed: 99999999999999999999999}\n", [], "train.seed"),
+    ("unknown norm", b"name: a\nmodel: {norm: {type: groupp}}\n", [], "did you mean 'group'?"),
+    ("unknown dataset", b"name: a\ndataset: cifar\n", [], "unknown dataset 'cifar'"),
+    ("unknown initializer", b"name: a\nmodel: {norm: {gamma_initializer: magic}}\n", [],
+     "unknown initializer 'magic'"),
+    ("unknown optimizer", b"name: a\ntrain: {optimizer: adamw2}\n", [], "unknown optimizer"),
+    ("unknown impl", b"name: a\nmodel: {norm: {impl: cuda}}\n", [], "unknown impl 'cuda'"),
+    ("groups not dividing", b"name: a\nmodel: {norm: {groups: 3}}\n", [], "3 does not divide"),
+    ("axis 0", b"name: a\nmodel: {norm: {axis: 0}}\n", [], "model.norm.axis"),
+    ("name with a slash", b"name: a/b\n", [], "name: use 1-64 letters"),
+    ("name with ..", b"name: ..\n", [], "name: use 1-64 letters"),
+    ("name too long", b"name: " + b"x" * 65 + b"\n", [], "name: use 1-64 letters"),
+    ("python object tag", b"name: !!python/object/apply:os.system ['touch PWNED']\n", [],
+     "invalid YAML"),
+    ("python name tag", b"name: a\ntrain: !!python/name:os.system\n", [], "invalid YAML"),
+    ("YAML alias bomb", b"a: &a [1, 1]\nb: [*a, *a]\nname: x\n", [], "aliases are not allowed"),
+    ("nested too deeply", b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", [], "nested too deeply"),
+    ("binary garbage", bytes(range(256)) * 4, [], "binary file"),
+    ("not UTF-8", "name: caf\u00e9\n".encode("latin-1"), [], "not UTF-8"),
+    ("huge file", b"# " + b"x" * (2 << 20) + b"\n", [], "too large for a spec"),
+    ("a directory", "DIR", [], "is a directory"),
+    ("a named pipe", "FIFO", [], "not a regular file"),
+    ("missing file", "MISSING", [], "no such file"),
+    ("sweep not a mapping", b"name: a\nsweep: [1, 2]\n", [], "sweep: expected a mapping"),
+    ("sweep with an empty list", b"name: a\nsweep: {train.seed: []}\n", [], "non-empty list"),
+    ("seeds negative", b"name: a\nseeds: [-1]\n", [], "seeds: a list must hold"),
+    ("seeds a string", b"name: a\nseeds: many\n", [], "seeds: expected a count"),
+    ("jit_compile maybe", b"name: a\ntrain: {jit_compile: maybe}\n", [], "train.jit_compile"),
+    ("steps_per_execution 0", b"name: a\ntrain: {steps_per_execution: 0}\n", [],
+     "train.steps_per_execution"),
+]
+if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads any file
+    SPECS.append(("unreadable file", "UNREADABLE", [], "permission denied"))
+
+# (id, argv with {spec} for a valid spec file, fragment)
+COMMANDS = [
+    ("unknown command", ["frobnicate"], "No such command 'frobnicate'"),
+    ("unknown option", ["run", "{spec}", "--frob"], "No such option: --frob"),
+    ("jobs 0", ["run", "{spec}", "-j", "0"], "'--jobs'"),
+    ("bad executor", ["run", "{spec}", "--executor", "slurm"], "'--executor'"),
+    ("missing spec argument", ["run"], "Missing argument"),
+    ("override without =", ["run", "{spec}", "-s", "train.epochs"], "expected PATH=VALUE"),
+    ("override of an unknown field", ["run", "{spec}", "-s", "train.epoch=3"], "did you mean 'epochs'?"),
+    ("override through a scalar", ["run", "{spec}", "-s", "name.x=1"], "name is not a section"),
+    ("override with bad YAML", ["run", "{spec}", "-s", "train.epochs=[1"], "invalid YAML"),
+    ("override name with ..", ["run", "{spec}", "-s", "name=../../x"], "name: use 1-64 letters"),
+    ("sweep option without values", ["run", "{spec}", "--sweep", "train.seed"], "expected PATH=V1,V2"),
+    ("sweep of a bad value", ["run", "{spec}", "--sweep", "train.epochs=1,0"], "train.epochs"),
+    ("compare bad format", ["compare", "--format", "xml"], "'--format'"),
+    ("compare missing results", ["compare", "--results", "nowhere"], "results directory nowhere"),
+    ("compare bad filter", ["compare", "--results", ".", "--where", "nofilter"], "--where"),
+    ("bench bad epochs", ["bench", "train", "--epochs", "1"], "'--epochs'"),
+    ("results is a file", ["run", "{spec}", "--results", "{spec}"], "not writable"),
+]
+
+
+def _cli(args: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "normbench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def _assert_one_line_error(done: subprocess.CompletedProcess, fragment: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0][:500]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert len(lines[0]) < 2000
+
+
+def _make_spec(tmp_path: Path, content) -> Path:
+    path = tmp_path / "spec.yaml"
+    if content == "DIR":
+        path.mkdir()
+    elif content == "FIFO":
+        os.mkfifo(path)
+    elif content == "UNREADABLE":
+        path.write_text(GOOD)
+        path.chmod(0)
+    elif content != "MISSING":
+        path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("content,extra,fragment", [c[1:] for c in SPECS], ids=[c[0] for c in SPECS])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_malformed_spec_is_one_line_exit_2_and_writes_nothing(tmp_path, command, content, extra,
+                                                             fragment):
+    spec = _make_spec(tmp_path, content)
+    before = _tree(tmp_path)
+    done = _cli([command, str(spec), *extra], cwd=tmp_path)
+    _assert_one_line_error(done, fragment)
+    assert str(spec) in done.stderr or spec.name in done.stderr
+    assert _tree(tmp_path) == before  # no results/, no stray files
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("argv,fragment", [c[1:] for c in COMMANDS], ids=[c[0] for c in COMMANDS])
+def test_malformed_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path, argv, fragment):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD)
+    before = _tree(tmp_path)
+    done = _cli([a.replace("{spec}", str(spec)) for a in argv], cwd=tmp_path)
+    _assert_one_line_error(done, fragment)
+    assert _tree(tmp_path) == before
+
+
+def test_the_corpus_is_at_least_thirty_cases():
+    assert len(SPECS) + len(COMMANDS) >= 30
+
+
+def test_accepted_variants_of_good_input(tmp_path):
+    # Classes of input normbench accepts on purpose: a UTF-8 byte-order mark, CRLF line ends,
+    # upper-case names of choices, and unicode in comments.
+    for i, text in enumerate(["\ufeffname: a\n", "name: a\r\ndataset: MNIST-10K\r\n",
+                              "# caf\u00e9\nname: a\nmodel: {norm: {type: GROUP}}\n"]):
+        spec = tmp_path / f"s{i}.yaml"
+        spec.write_bytes(text.encode("utf-8"))
+        done = _cli(["validate", str(spec)], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Property tests: random documents and overrides are accepted or refused in one clean line
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from normbench import cli, norms, spec as specs  # noqa: E402
+
+FIELDS = {
+    "model": ["arch", "conv_filters", "dense_units", "dropout", "widths", "norm"],
+    "model.norm": ["type", "groups", "axis", "epsilon", "center", "scale", "beta_initializer",
+                   "gamma_initializer", "impl", "momentum"],
+    "train": ["epochs", "batch_size", "optimizer", "learning_rate", "lr_scaling",
+              "base_batch_size", "seed", "jit_compile", "steps_per_execution"],
+}
+PATHS = ["name", "dataset", "seeds"] + [f"{section}.{key}" for section, keys in FIELDS.items()
+                                        for key in keys]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                    st.sampled_from([*norms.NORMS, *specs.DATASETS, *specs.INITIALIZERS, "auto",
+                                     "adam", "sgd", "tutorial", "convnet", "-1", "1e-3"]))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+
+@st.composite
+def documents(draw):
+    doc = {}
+    for path in draw(st.lists(st.sampled_from(PATHS), max_size=8, unique=True)):
+        node = doc
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        node[leaf] = draw(values)
+    if draw(st.booleans()):
+        doc[draw(st.text(max_size=6))] = draw(values)
+    if draw(st.integers(0, 4)) == 0:
+        doc["sweep"] = draw(st.dictionaries(st.sampled_from(PATHS), st.lists(scalars, max_size=3),
+                                            max_size=2))
+    return doc
+
+
+overrides = st.builds(lambda path, value: f"{path}={value}",
+                      st.one_of(st.sampled_from(PATHS), st.text(max_size=10)),
+                      st.one_of(st.text(max_size=12), scalars.map(str)))
+
+
+def _main(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    old = sys.argv
+    sys.argv = ["normbench", *argv]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def _clean(code: int, stderr: str) -> None:
+    assert code in (0, 2), (code, stderr[-2000:])
+    assert "Traceback" not in stderr
+    if code == 2:
+        lines = stderr.strip().splitlines()
+        assert lines and lines[0].startswith("error: "), stderr[-2000:]
+
+
+PROPERTY = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(doc=documents(), sets=st.lists(overrides, max_size=3))
+def test_random_spec_documents_and_overrides(tmp_path, capsys, doc, sets):
+    import yaml
+
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    argv = ["validate", str(path)]
+    for s in sets:
+        argv += ["-s", s]
+    _clean(*_main(argv, capsys))
+
+
+@PROPERTY
+@given(text=st.text(max_size=300))
+def test_random_text_as_a_spec_file(tmp_path, capsys, text):
+    path = tmp_path / "random.yaml"
+    path.write_bytes(text.encode("utf-8", errors="replace"))
+    _clean(*_main(["validate", str(path)], capsys))
+
+
+@PROPERTY
+@given(raw=st.binary(max_size=300))
+def test_random_bytes_as_a_spec_file(tmp_path, capsys, raw):
+    path = tmp_path / "random.yaml"
+    path.write_bytes(raw)
+    _clean(*_main(["validate", str(path)], capsys))
+
+
+@PROPERTY
+@given(sweep=st.lists(st.text(max_size=25), max_size=2), where=st.lists(st.text(max_size=20), max_size=2))
+def test_random_sweep_and_filter_options(tmp_path, capsys, sweep, where):
+    path = tmp_path / "ok.yaml"
+    path.write_text(GOOD)
+    argv = ["run", str(path), "--dry-run", "--results", str(tmp_path / "r")]
+    for s in sweep:
+        argv += ["--sweep", s]
+    _clean(*_main(argv, capsys))
+    argv = ["compare", "--results", str(tmp_path)]
+    for w in where:
+        argv += ["--where", w]
+    _clean(*_main(argv, capsys))
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9 on a real process: mid-epoch and in the middle of writing a run's files
+
+import signal  # noqa: E402
+import time  # noqa: E402
+
+
+def _start(args: list[str], cwd: Path, code: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "normbench"]
+    return subprocess.Popen(head + args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _spec_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndataset: mnist-10k\n")
+    return path
+
+
+def _snapshot(results_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(results_dir)): p.read_bytes()
+            for p in sorted((results_dir / "runs").rglob("*")) if p.is_file()
+            and ".claims" not in p.parts}
+
+
+@pytest.fixture
+def one_finished_run(tmp_path):
+    results_dir = tmp_path / "results"
+    done = _cli(["run", str(_spec_file(tmp_path, "kept")), "--smoke", "--quiet", "--results",
+                 str(results_dir)], cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return results_dir
+
+
+def test_kill_9_mid_epoch_keeps_finished_runs_and_the_next_invocation_recovers(tmp_path, one_finished_run):
+    results_dir = one_finished_run
+    before = _snapshot(results_dir)
+    summary = (results_dir / "summary.csv").read_bytes()
+    spec = _spec_file(tmp_path, "killed")
+    args = ["run", str(spec), "-s", "train.epochs=3", "-s", "train.batch_size=8", "--quiet",
+            "--results", str(results_dir)]
+    proc = _start(args, tmp_path)
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list((results_dir / "runs" / ".claims").glob("killed-*.status"))
+        if found and found[0].exists() and "epoch 2/3" in found[0].read_text():
+            status = found[0]
+            break
+        time.sleep(0.05)
+    assert status is not None, "the run never reached its second epoch"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert _snapshot(results_dir) == before  # the finished run, byte for byte; nothing new
+    assert (results_dir / "summary.csv").read_bytes() == summary
+    listed = _cli(["compare", "--results", str(results_dir), "--format", "csv"], cwd=tmp_path)
+    assert listed.returncode == 0 and "kept" in listed.stdout and "killed" not in listed.stdout
+    assert listed.stderr.strip() == ""  # nothing half-written to skip
+    again = _cli(args, cwd=tmp_path, timeout=600)  # the dead process's claim was released
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 run(s) done (0 diverged), 0 already finished" in again.stderr
+    records = _cli(["compare", "--results", str(results_dir), "--runs", "--format", "csv"],
+                   cwd=tmp_path).stdout
+    assert records.count("\nkilled-") == 1 and records.count("\nkept-") == 1
+
+
+KILL_IN_WRITE = """
+import os, signal, sys
+from normbench import cli, results
+real = os.replace
+def replace(src, dst, *a, **k):
+    if str(dst).endswith("metrics.json"):  # the tmp file is written; the rename never happens
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *a, **k)
+results.os.replace = replace
+sys.argv = ["normbench", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_kill_9_while_writing_a_run_leaves_no_half_run_and_is_recovered(tmp_path, one_finished_run):
+    results_dir = one_finished_run
+    before = _snapshot(results_dir)
+    args = ["run", str(_spec_file(tmp_path, "torn")), "--smoke", "--quiet", "--results",
+            str(results_dir)]
+    proc = _start(args, tmp_path, code=KILL_IN_WRITE)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    runs = results_dir / "runs"
+    staging = [p for p in runs.iterdir() if p.name.startswith(".torn-")]
+    assert staging and (staging[0] / "spec.yaml").is_file()  # died mid-write, for real
+    assert not any(p.name.startswith("torn-") for p in runs.iterdir())
+    after = {k: v for k, v in _snapshot(results_dir).items() if "/.torn-" not in k}
+    assert after == before
+    again = _cli(args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not any(p.name.startswith(".torn-") for p in runs.iterdir())  # leftovers cleaned
+    assert any(p.name.startswith("torn-") and (p / "metrics.json").is_file() for p in runs.iterdir())
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory no one may write to: mode 555, and for root (who ignores modes) immutable."""
+    path = tmp_path / "results"
+    path.mkdir()
+    path.chmod(0o555)
+    immutable = hasattr(os, "geteuid") and os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr +i: no way to make a read-only directory")
+    yield path
+    if immutable:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    path.chmod(0o755)
+
+
+def test_read_only_results_directory_is_an_error_before_training(tmp_path, read_only_dir):
+    spec = _spec_file(tmp_path, "ro")
+    start = time.monotonic()
+    done = _cli(["run", str(spec), "--results", str(read_only_dir)], cwd=tmp_path)
+    _assert_one_line_error(done, f"results directory {read_only_dir}: not writable")
+    assert time.monotonic() - start < 30  # refused before loading data or TensorFlow
+    assert list(read_only_dir.iterdir()) == []
