@@ -252,6 +252,21 @@ def batch_independence(shape=(4, 600, 400, 24), groups: int = 3, graph: bool = F
                   rel_error(y_one, y_all[:1]), rel_error(g_one["x"], g_all["x"][:1]), TOLERANCE)
 
 
+def large_input(shape=(2, 256, 256, 16), groups: int = 4, graph: bool = False) -> Result:
+    """A large channels-last input vs float64: long sums (here 65,536 x 4 values per group),
+    which inside a tf.function run as XLA matrix-vector products."""
+    from normbench import layers
+
+    case = Case(shape, groups=groups)
+    layer = layers.GroupNormalization(**case.kwargs())
+    weights = build(layer, case.shape)
+    x, dy = _inputs(case)
+    y, grads = run(layer, x, dy, graph=graph)
+    return Result("large input" + (" (tf.function)" if graph else ""),
+                  f"GN g={groups} {'x'.join(map(str, shape))}",
+                  *_exact_errors(case, weights, x, dy, y, grads), TOLERANCE)
+
+
 def large_offset(mean: float = 1e4, std: float = 1e-2, graph: bool = False) -> Result:
     """Inputs with a large common offset: naive E[x^2]-E[x]^2 or a folded affine loses them."""
     from normbench import layers
@@ -314,6 +329,8 @@ def run_all(quick: bool = False) -> list[Result]:
     out.append(batch_independence((64, 16, 16, 24), graph=True))
     out.append(large_offset())
     out.append(large_offset(graph=True))
+    out.append(large_input())
+    out.append(large_input(graph=True))
     for policy, instance in itertools.product(("mixed_float16", "mixed_bfloat16"), (False, True)):
         out.append(mixed_precision(policy, instance))
     return out
