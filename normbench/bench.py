@@ -60,17 +60,16 @@ def train_flops_per_sample(model) -> float:
 
 
 def tutorial_recipe(spec: specs.Spec, ds, gn: str) -> dict[str, Any]:
-    """The tfa tutorial's training, unchanged: Sequential model, compile(adam), model.fit at
-    the spec's batch size with Keras's defaults, then evaluate. tfa's GN no longer imports on
-    this TensorFlow; `gn` picks what stands in: "keras" (Keras's GroupNormalization, tfa's
-    formula: what porting the tutorial to current TF gives) or "native" (normbench's layer)."""
+    """The tfa "Normalizations" tutorial's GroupNorm cell, unchanged but for tfa: images as
+    x / 255.0 (float64, 28x28), Sequential(Reshape, Conv2D(10, 3x3), GN(groups=5, axis=3),
+    Flatten, Dense(128, relu), Dropout(0.2), Dense(10, softmax)), compile('adam'), model.fit
+    with Keras's defaults (batch 32; here the spec's batch size and epochs), then evaluate.
+    tfa no longer imports on this TensorFlow; `gn` picks the stand-in: "keras" (Keras's
+    GroupNormalization, tfa's formula: what porting the tutorial gives) or "native" (normbench's)."""
     import keras
+    import numpy as np
 
-    from normbench import norms
-    from normbench.models import build_model
-
-    spec = spec.model_copy(update={"model": spec.model.model_copy(update={
-        "norm": spec.model.norm.model_copy(update={"impl": gn})})})
+    from normbench import layers
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -82,13 +81,25 @@ def tutorial_recipe(spec: specs.Spec, ds, gn: str) -> dict[str, Any]:
     times: list[float] = []
     t = spec.train
     keras.utils.set_random_seed(t.seed)
-    made = norms.make(spec.model.norm)
-    model = build_model(spec.model, made.norm, made.conv)
+    norm = keras.layers.GroupNormalization if gn == "keras" else layers.GroupNormalization
+    model = keras.Sequential([
+        keras.Input(shape=(28, 28)),
+        keras.layers.Reshape((28, 28, 1)),
+        keras.layers.Conv2D(filters=10, kernel_size=(3, 3), data_format="channels_last"),
+        norm(groups=5, axis=3),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(ds.x_train, ds.y_train, batch_size=t.batch_size, epochs=t.epochs, verbose=0,
-              callbacks=[Clock()])
-    _, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
+
+    def tutorial_images(x: np.ndarray) -> np.ndarray:  # the original bytes, / 255.0 in float64
+        return np.rint(x[..., 0].astype(np.float64) * 255.0) / 255.0
+
+    model.fit(tutorial_images(ds.x_train), ds.y_train, batch_size=t.batch_size, epochs=t.epochs,
+              verbose=0, callbacks=[Clock()])
+    _, accuracy = model.evaluate(tutorial_images(ds.x_test), ds.y_test, verbose=0)
     n = len(ds.y_train)
     return {"samples_per_s": n * (len(times) - 1) / sum(times[1:]), "first_epoch_s": times[0],
             "test_accuracy": float(accuracy), "flops_per_sample": train_flops_per_sample(model)}
