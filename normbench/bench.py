@@ -356,7 +356,7 @@ def bench_memory(*, dataset: str = "fashion-mnist", epochs: int = 1,
 # bench workers: sweep throughput with 1 vs 2 local worker processes
 
 
-def bench_workers(*, runs: int = 4, batch_size: int = 4, reps: int = 1, jobs: int = 2,
+def bench_workers(*, runs: int = 8, batch_size: int = 4, reps: int = 1, jobs: int = 2,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """The same sweep (GN tutorial model, mnist-10k, 1 epoch, seeds 0..runs-1) from an empty
     results directory with 1 worker and with `jobs`, order alternating between repetitions."""
@@ -380,7 +380,8 @@ def bench_workers(*, runs: int = 4, batch_size: int = 4, reps: int = 1, jobs: in
             log(f"rep {rep + 1} jobs={n}: {rates[n][-1]:.2f} runs/min")
     one, many = _median(rates[1]), _median(rates[jobs])
     return {"runs": runs, "batch_size": batch_size, "reps": reps, "jobs": jobs,
-            "runs_per_min": {"1": one, str(jobs): many}, "ratio": many / one}
+            "runs_per_min": {"1": one, str(jobs): many}, "ratio": many / one,
+            "runs_per_min_each": {str(n): rs for n, rs in rates.items()}}
 
 
 def write_json(path: Path | None, payload: Any) -> None:

@@ -439,7 +439,7 @@ def bench_memory(dataset: str = typer.Option("fashion-mnist", help="Dataset of t
 
 @bench_app.command("workers")
 @_friendly
-def bench_workers(runs: int = typer.Option(4, min=1, max=100, help="Runs in the sweep."),
+def bench_workers(runs: int = typer.Option(8, min=1, max=100, help="Runs in the sweep."),
                   batch_size: int = typer.Option(4, min=1, max=4096),
                   reps: int = typer.Option(1, min=1, max=20, help="Repetitions (median)."),
                   jobs: int = typer.Option(2, min=2, max=64, help="Workers to compare with 1."),
