@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LEGACY_PYTHON ?= python3.11
 LEGACY := .venv-legacy
 
-.PHONY: demo test venv clean legacy-venv legacy-test
+.PHONY: demo test bench venv clean legacy-venv legacy-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+# Every benchmark, each measured side by side in one invocation; JSON lands in results/bench/.
+bench: $(VENV)/.installed
+	$(BIN)/normbench bench train --seeds 5 --epochs 4
+	$(BIN)/normbench bench layers
+	$(BIN)/normbench bench cli
+	$(BIN)/normbench bench memory
+	$(BIN)/normbench bench workers --reps 3
 
 # TF 2.15 + tensorflow-addons 0.23, where tfa still works: normbench is tested against it live.
 $(LEGACY)/.installed: requirements-legacy.txt pyproject.toml
