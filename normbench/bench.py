@@ -176,7 +176,8 @@ def _layer_impls(groups: int) -> dict[str, Callable[[], Any]]:
     if norms.tfa_status()[0]:
         import tensorflow_addons as tfa
 
-        impls["tfa"] = lambda: tfa.layers.GroupNormalization(groups=groups)
+        impls["tfa"] = (tfa.layers.InstanceNormalization if groups == -1
+                        else lambda: tfa.layers.GroupNormalization(groups=groups))
     return impls
 
 
@@ -221,7 +222,7 @@ def bench_layers(*, repeats: int = 15, shapes=LAYER_SHAPES, log: Callable[[str],
         for xla in (False, True):
             steps = {}
             for name, make in _layer_impls(g).items():
-                layer = make() if norm == "group" or name != "tfa" else _instance_tfa()
+                layer = make()
                 layer.build(shape)
                 steps[name] = _step(layer, layer.trainable_weights, xla)
             floor = _Affine(shape[-1])
@@ -245,12 +246,6 @@ def bench_layers(*, repeats: int = 15, shapes=LAYER_SHAPES, log: Callable[[str],
                 + "  ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
                 + f"  keras/native {row['keras_over_native']:.2f}x  native/floor {row['native_over_floor']:.2f}x")
     return rows
-
-
-def _instance_tfa():
-    import tensorflow_addons as tfa
-
-    return tfa.layers.InstanceNormalization()
 
 
 # ---------------------------------------------------------------------------------------------
