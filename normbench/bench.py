@@ -13,11 +13,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from normbench import spec as specs
+from normbench import console, grid, spec as specs
 from normbench.errors import NormbenchError
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+def _configs() -> Path:
+    """The shipped specs: package data normbench.configs (configs/ in a checkout)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("normbench.configs")))
+
+
+CONFIGS = _configs()
 
 
 def _median(values: list[float]) -> float:
@@ -122,7 +128,7 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
         raise NormbenchError("bench train: --epochs must be >= 2 (epoch 1 includes compilation)")
     from normbench import data, stats
 
-    base = specs.load(config, [f"dataset={dataset}", f"train.epochs={epochs}",
+    base = grid.load(config, [f"dataset={dataset}", f"train.epochs={epochs}",
                                f"train.batch_size={batch_size}"])
     ds = data.load(base.dataset)
     peak = sgemm_peak()
@@ -252,32 +258,132 @@ def bench_layers(*, repeats: int = 15, shapes=LAYER_SHAPES, log: Callable[[str],
 # bench cli: start-up paths that must not import TensorFlow
 
 
-def _fake_records(results_dir: Path, count: int) -> None:
-    """`count` run records as a sweep writes them (varied norm, batch size and seed)."""
-    from normbench import results
+SCALE_NORMS = ["batch", "group", "layer", "instance", "none"]
+SCALE_BATCHES = [2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640,
+                 768, 1024]  # 5 norms x 20 batch sizes = 100 runs per seed
 
-    template = {"status": "finished", "smoke": False, "impl_requested": "auto",
-                "impl_used": "native", "params": 866_848, "epochs": 3, "test_loss": 0.2,
-                "train_accuracy": 0.95, "train_loss": 0.15, "epoch_times_s": [1.4, 0.6, 0.6],
-                "first_epoch_s": 1.4, "steady_epoch_s": 0.6, "steady_samples_per_s": 13_000.0,
-                "steady_basis": "epochs 2-3", "total_s": 3.0, "started": "2026-01-01T00:00:00",
-                "finished": "2026-01-01T00:00:03", "env": {"tensorflow": "2.21.0"},
-                "dataset": {"requested": "mnist-10k", "name": "mnist-10k", "n_train": 8000},
-                "history": [{"epoch": e, "loss": 0.3 / e, "accuracy": 0.9, "time_s": 0.6}
-                            for e in (1, 2, 3)]}
-    kinds = ["batch", "group", "layer", "instance", "none"]
-    for i in range(count):
-        spec = specs.load_runs(CONFIGS / "groupnorm.yaml", [
-            f"model.norm.type={kinds[i % 5]}", f"train.batch_size={2 ** (1 + (i // 5) % 6)}",
-            f"train.seed={i // 30}"])[0]
-        h = specs.spec_hash(spec)
-        record = results.RunRecord(**{
-            **template, "run_id": results.run_id(spec.name, h, False), "name": spec.name,
-            "spec_hash": h, "config_hash": specs.spec_hash(spec, without_seed=True),
-            "norm_type": spec.model.norm.type, "norm_groups": spec.model.norm.groups,
-            "batch_size": spec.train.batch_size, "seed": spec.train.seed,
-            "test_accuracy": 0.9 + 0.001 * (i % 7), "spec": specs.to_dict(spec)})
-        results.save(record, specs.to_yaml(spec), results_dir)
+
+def scale_spec(path: Path, records: int) -> Path:
+    """A sweep of `records` runs (5 norms x 20 batch sizes x records/100 seeds)."""
+    seeds = max(1, records // 100)
+    path.write_text("name: scale\ndataset: mnist-10k\n"
+                    f"seeds: {seeds}\nsweep:\n  model.norm.type: {SCALE_NORMS}\n"
+                    f"  train.batch_size: {SCALE_BATCHES}\n")
+    return path
+
+
+def _template_record() -> dict[str, Any]:
+    return {"status": "finished", "smoke": False, "impl_requested": "auto",
+            "impl_used": "native", "params": 866_848, "epochs": 3, "test_loss": 0.2,
+            "train_accuracy": 0.95, "train_loss": 0.15, "epoch_times_s": [1.4, 0.6, 0.6],
+            "first_epoch_s": 1.4, "steady_epoch_s": 0.6, "steady_samples_per_s": 13_000.0,
+            "steady_basis": "epochs 2-3", "total_s": 3.0, "started": "2026-01-01T00:00:00",
+            "finished": "2026-01-01T00:00:03", "env": {"tensorflow": "2.21.0"},
+            "dataset": {"requested": "mnist-10k", "name": "mnist-10k", "n_train": 8000,
+                        "n_test": 2000, "sha256": "0" * 64},
+            "history": [{"epoch": e, "loss": 0.3 / e, "accuracy": 0.9, "time_s": 0.6}
+                        for e in (1, 2, 3)]}
+
+
+def fake_record(spec: specs.Spec, i: int):
+    """The record a finished run of `spec` would leave (numbers made up; shapes real)."""
+    from normbench import norms, store
+
+    h = specs.spec_hash(spec)
+    return store.RunRecord.model_validate({
+        **_template_record(), "run_id": store.run_id(spec.name, h, False), "name": spec.name,
+        "spec_hash": h, "config_hash": specs.spec_hash(spec, without_seed=True),
+        "norm_type": spec.model.norm.type,
+        "norm_groups": norms.effective_groups(spec.model.norm.type, spec.model.norm.groups, 10),
+        "batch_size": spec.train.batch_size, "seed": spec.train.seed,
+        "test_accuracy": 0.9 + 0.001 * (i % 7), "spec": specs.to_dict(spec)})
+
+
+def _fake_records(results_dir: Path, count: int) -> Path:
+    """`count` finished runs of the scale sweep, written as a sweep writes them (without the
+    fsyncs, which only make the set-up slow); returns the sweep's spec file."""
+    from normbench import store
+
+    spec_file = scale_spec(results_dir / "scale.yaml", count)
+    runs = grid.load_runs(spec_file)[:count]
+    root = results_dir / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    for i, spec in enumerate(runs):
+        record = fake_record(spec, i)
+        run = root / record.run_id
+        run.mkdir()
+        (run / "spec.yaml").write_text(specs.to_yaml(spec))
+        (run / "history.csv").write_text(store.history_csv(record))
+        (run / "metrics.json").write_text(record.model_dump_json(indent=2) + "\n")
+    return spec_file
+
+
+def bookkeeping(results_dir: Path, spec_file: Path, runs: int = 50) -> float:
+    """Seconds per finished run of what a sweep does around training (claim, the finished
+    check, the atomic save, the summary row, release) in a results directory that already
+    holds the scale sweep's records; new runs are new seeds of the same sweep."""
+    from normbench import store, tables
+
+    fresh = grid.load_runs(spec_file, ["seeds=1"])
+    specs_new = [s.model_copy(update={"train": s.train.model_copy(update={"seed": 5000 + k})})
+                 for k, s in enumerate(fresh[:runs])]
+    start = time.perf_counter()
+    for k, spec in enumerate(specs_new):
+        record = fake_record(spec, k)
+        lock = store.claim(results_dir, record.run_id)
+        assert lock is not None and store.finished(results_dir, record.run_id) is None
+        store.save(record, specs.to_yaml(spec), results_dir)
+        tables.append_summary(results_dir, record)
+        lock.release()
+    return (time.perf_counter() - start) / len(specs_new)
+
+
+def bench_scale(*, sizes=(100, 1000, 10_000), repeats: int = 3,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per results-directory size: bookkeeping per finished run (in process), and `run
+    --dry-run`, `compare` and `plot` over all records (fresh interpreters, median)."""
+    exe = [sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "normbench"]
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = Path(tmp) / "results"
+            results.mkdir()
+            spec_file = _fake_records(results, n)
+            row = {"records": n,
+                   "bookkeeping_ms_per_run": 1000 * bookkeeping(results, spec_file),
+                   "dry_run_s": _time_command(exe + ["run", str(spec_file), "--dry-run",
+                                                     "--results", str(results)], repeats),
+                   "compare_s": _time_command(exe + ["compare", "--results", str(results)],
+                                              repeats)}
+            plots = _try_plot(exe, results, repeats)
+            if plots is not None:
+                row["plot_s"] = plots
+            rows.append(row)
+            log(f"{n:6d} records: bookkeeping {row['bookkeeping_ms_per_run']:.2f} ms/run, "
+                f"dry-run {row['dry_run_s']:.2f} s, compare {row['compare_s']:.2f} s"
+                + (f", plot {row['plot_s']:.2f} s" if "plot_s" in row else ""))
+    by = {r["records"]: r for r in rows}
+    ratios = {}
+    if 100 in by and 10_000 in by:
+        ratios["bookkeeping_10000_over_100"] = (by[10_000]["bookkeeping_ms_per_run"]
+                                                / by[100]["bookkeeping_ms_per_run"])
+    if 1000 in by and 10_000 in by:
+        for key in ("dry_run_s", "compare_s", "plot_s"):
+            if key in by[1000] and key in by[10_000]:
+                ratios[f"{key[:-2]}_10000_over_1000"] = by[10_000][key] / by[1000][key]
+    return {"rows": rows, "ratios": ratios,
+            "targets": {"bookkeeping_10000_over_100": 1.2, "dry_run_10000_over_1000": 12.0,
+                        "compare_10000_over_1000": 12.0, "plot_10000_over_1000": 12.0,
+                        "dry_run_s_at_10000": 2.0, "compare_s_at_10000": 2.0}}
+
+
+def _try_plot(exe: list[str], results: Path, repeats: int) -> float | None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    return _time_command(exe + ["plot", "--results", str(results), "--out", str(results / "p")],
+                         repeats)
 
 
 def _time_command(args: list[str], repeats: int) -> float:
@@ -301,7 +407,7 @@ def imports_tensorflow(args: list[str]) -> bool:
 def bench_cli(*, records: int = 1000, repeats: int = 5, log: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
     """Median wall time of each command in a fresh interpreter, as a user runs it."""
-    exe = [sys.executable, "-m", "normbench"]
+    exe = [sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "normbench"]
     with tempfile.TemporaryDirectory() as tmp:
         _fake_records(Path(tmp), records)
         commands = {"normbench --help": ["--help"], "normbench --version": ["--version"],
@@ -310,7 +416,7 @@ def bench_cli(*, records: int = 1000, repeats: int = 5, log: Callable[[str], Non
         rows = []
         for label, args in commands.items():
             seconds = _time_command(exe + args, repeats)
-            tf_imported = imports_tensorflow(["-m", "normbench", *args])
+            tf_imported = imports_tensorflow(exe[1:] + args)
             rows.append({"command": label, "seconds": seconds, "target_s": 0.5,
                          "imports_tensorflow": tf_imported})
             log(f"{label:40s} {seconds:.3f} s" + ("  (imports TensorFlow)" if tf_imported else ""))
@@ -357,7 +463,7 @@ def bench_workers(*, runs: int = 8, batch_size: int = 4, reps: int = 1, jobs: in
     results directory with 1 worker and with `jobs`, order alternating between repetitions."""
     from normbench import sweep
 
-    base = specs.load(CONFIGS / "groupnorm.yaml", ["dataset=mnist-10k", f"train.batch_size={batch_size}"])
+    base = grid.load(CONFIGS / "groupnorm.yaml", ["dataset=mnist-10k", f"train.batch_size={batch_size}"])
     planned = [base.model_copy(update={"train": base.train.model_copy(update={"seed": s})})
                for s in range(runs)]
     rates: dict[int, list[float]] = {1: [], jobs: []}
@@ -366,7 +472,7 @@ def bench_workers(*, runs: int = 8, batch_size: int = 4, reps: int = 1, jobs: in
             with tempfile.TemporaryDirectory() as tmp:
                 todo = sweep.plan(planned, False, Path(tmp))
                 start = time.perf_counter()
-                outcome = sweep.run_workers(todo, Path(tmp), smoke=False, force=False,
+                outcome = sweep.run_pool(todo, Path(tmp), smoke=False, force=False,
                                             since=sweep.now(), jobs=n)
                 seconds = time.perf_counter() - start
             if len(outcome.ran) != runs or outcome.failed:
@@ -380,9 +486,99 @@ def bench_workers(*, runs: int = 8, batch_size: int = 4, reps: int = 1, jobs: in
 
 
 def write_json(path: Path | None, payload: Any) -> None:
-    if path is not None:
+    """Write the measurements (after their table is printed: minutes of measuring are never lost
+    to a bad path, whose error is one line)."""
+    if path is None:
+        return
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2) + "\n")
+    except OSError as exc:
+        raise NormbenchError(f"--json {path}: cannot write ({exc.strerror or exc}); the "
+                             "measurements are printed above") from None
+    console.say(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing each benchmark's table (the CLI calls these; they print, then the JSON is written)
+
+
+def print_train(found: dict[str, Any]) -> None:
+    peak = found["sgemm_peak_gflops"]
+    rows = [(path, f"{s['samples_per_s']:,.0f}", f"{s['first_epoch_s']:.2f}",
+             f"{100 * s['test_accuracy_mean']:.2f} ± {100 * s['test_accuracy_std']:.2f}",
+             f"{s['gflops']:.1f}", f"{100 * s['fraction_of_peak']:.1f}%")
+            for path, s in found["summary"].items()]
+    console.plain_table(
+        f"bench train: {found['dataset']}, batch {found['batch_size']}, {found['epochs']} epochs x "
+        f"{found['seeds']} seed(s); {found['flops_per_sample'] / 1e6:.2f} MFLOP/sample; "
+        f"sgemm peak {peak:.0f} GFLOP/s; normbench compiled: {found['compiled']}",
+        ("path", "samples/s", "1st epoch s", "test acc % (mean ± std)", "GFLOP/s", "of peak"), rows)
+    p = found["accuracy_p_value"]
+    console.say(f"ratio normbench / tutorial: {found['ratio']:.2f}x (per seed "
+                + ", ".join(f"{r:.2f}" for r in found["ratio_per_seed"]) + "; target >= 3.0); "
+                f"normbench / tutorial + normbench GN (the training loop alone): "
+                f"{found['ratio_same_layer']:.2f}x; test accuracy normbench - tutorial "
+                f"{100 * found['accuracy_difference']:+.2f} points"
+                + (f" (Welch p = {p:.2f})" if p is not None else ""))
+
+
+def print_layers(rows: list[dict[str, Any]]) -> None:
+    impls = [k for k in rows[0]["ms"] if k != "floor"]
+    console.plain_table(
+        "bench layers: forward+backward ms (median); floor = x*gamma+beta fwd+bwd",
+        ("norm", "shape", "mode", *impls, "floor", "keras/native", "native/floor"),
+        [(r["norm"] if r["norm"] != "group" else f"group g={r['groups']}",
+          "x".join(map(str, r["shape"])), r["mode"], *(f"{r['ms'][k]:.2f}" for k in impls),
+          f"{r['ms']['floor']:.2f}", f"{r['keras_over_native']:.2f}x",
+          f"{r['native_over_floor']:.2f}x") for r in rows])
+    console.say("targets: graph keras/native >= 1.5x; xla keras/native >= 1.0x and native/floor "
+                "<= 1.5x on the two larger shapes")
+
+
+def print_cli(rows: list[dict[str, Any]], scale: dict[str, Any] | None = None) -> None:
+    console.plain_table("bench cli: median wall time, fresh interpreter",
+                        ("command", "seconds", "target", "imports TF"),
+                        [(r["command"], f"{r['seconds']:.3f}",
+                          "-" if r["target_s"] is None else f"< {r['target_s']}",
+                          "yes" if r["imports_tensorflow"] else "no") for r in rows])
+    if not scale:
+        return
+    console.plain_table(
+        "bench cli, scale: bookkeeping per finished run (claim, check, save, summary row) and "
+        "whole commands over every record",
+        ("records", "bookkeeping ms/run", "run --dry-run s", "compare s", "plot s"),
+        [(f"{r['records']:,}", f"{r['bookkeeping_ms_per_run']:.2f}", f"{r['dry_run_s']:.2f}",
+          f"{r['compare_s']:.2f}", f"{r['plot_s']:.2f}" if "plot_s" in r else "-")
+         for r in scale["rows"]])
+    for key, value in scale["ratios"].items():
+        target = scale["targets"].get(key)
+        console.say(f"{key}: {value:.2f}x (target <= {target}x: "
+                    f"{'met' if target is not None and value <= target else 'MISSED'})")
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'100,1000,10000' -> (100, 1000, 10000); 'none' or '' -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise NormbenchError(f"--scale {text!r}: expected sizes such as 100,1000,10000 or none") from None
+    if any(not 1 <= n <= 100_000 for n in sizes):
+        raise NormbenchError(f"--scale {text!r}: each size must be 1..100000")
+    return sizes
+
+
+def print_memory(row: dict[str, Any]) -> None:
+    console.say(f"peak RSS {row['peak_rss_mib']:.0f} MiB (target < {row['target_mib']} MiB)")
+
+
+def print_workers(found: dict[str, Any]) -> None:
+    rate, jobs = found["runs_per_min"], found["jobs"]
+    console.say(f"{found['runs']} runs of batch {found['batch_size']} (8,000 images, 1 epoch): "
+                f"1 worker {rate['1']:.2f} runs/min, {jobs} workers {rate[str(jobs)]:.2f} "
+                f"runs/min, ratio {found['ratio']:.2f}x")
 
 
 def environment() -> dict[str, Any]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.client
 import logging
 import os
+import socket
 import sys
+import urllib.error
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,16 +108,40 @@ def _cache_root() -> Path:
                 or Path.home() / ".keras").expanduser()
 
 
+def network_error(exc: BaseException) -> bool:
+    """Whether a failed download failed for want of a network (no route, DNS, refused, timed
+    out, HTTP error): only then may `mnist` fall back to the embedded subset. Keras wraps
+    urllib's errors in a bare Exception, so the chain of causes is searched."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror,
+                             http.client.HTTPException)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _download(fname: str, origin: str, subdir: str, sha256: str | None = None) -> Path:
     """Keras's cached download (re-fetched when the cached copy fails `sha256`). Keras reports
-    on stdout; that goes to stderr here, so stdout stays the tables people pipe."""
+    on stdout; that goes to stderr here, so stdout stays the tables people pipe. A failure that
+    is not the network's (permissions, a full disk) is an error naming the path."""
     import keras
 
     root = _cache_root()
-    root.mkdir(parents=True, exist_ok=True)  # else Keras silently caches in /tmp/.keras instead
-    with contextlib.redirect_stdout(sys.stderr):
-        return Path(keras.utils.get_file(fname, origin=origin, file_hash=sha256,
-                                         cache_subdir=subdir, cache_dir=str(root)))
+    target = root / subdir
+    try:
+        target.mkdir(parents=True, exist_ok=True)  # else Keras silently caches in /tmp/.keras
+        with contextlib.redirect_stdout(sys.stderr):
+            return Path(keras.utils.get_file(fname, origin=origin, file_hash=sha256,
+                                             cache_subdir=subdir, cache_dir=str(root)))
+    except ValueError:
+        raise  # Keras: the downloaded file's hash does not match
+    except Exception as exc:
+        if network_error(exc):
+            raise
+        why = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200] or type(exc).__name__
+        raise NormbenchError(f"{fname}: cannot download into {target}: {why} (set "
+                             "NORMBENCH_CACHE_DIR to a writable directory with free space)") from None
 
 
 def _fetch_mnist() -> Path:
@@ -132,7 +159,9 @@ def _fetch_mnist() -> Path:
         raise NormbenchError(f"mnist: the file downloaded from {MNIST_ORIGIN} fails its sha256 "
                              f"check (expected {MNIST_SHA256[:16]}...); it was removed, try again "
                              "later or use dataset mnist-10k") from None
-    except Exception as exc:  # Keras raises a bare Exception for network failures
+    except NormbenchError:
+        raise
+    except Exception as exc:  # network failures only: _download raised the rest as errors
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise _Unavailable(("the cached copy was corrupted and " if corrupted else "") + why) from None
 
@@ -167,7 +196,9 @@ def _fashion_files() -> tuple[dict[str, Path], str, bool]:
         return files, f"{local} (Debian package dataset-fashion-mnist)", False
     try:
         files = {name: _fashion_download(name) for name in FASHION_IDX_SHA256}
-    except Exception as exc:  # Keras raises a bare Exception for network failures
+    except NormbenchError:
+        raise
+    except Exception as exc:  # network failures only: _download raised the rest as errors
         raise NormbenchError(
             f"fashion-mnist: not in {local} and the download failed ({str(exc).splitlines()[0]}); "
             "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
@@ -196,6 +227,8 @@ def _fashion_mnist() -> tuple[dict[str, np.ndarray], dict]:
             path.unlink(missing_ok=True)
             try:
                 path = _fashion_download(name)
+            except NormbenchError:
+                raise
             except Exception as exc:  # offline: Keras raises a bare Exception
                 raise NormbenchError(f"{path}: the cached file was corrupted and fetching it again "
                                      f"failed ({str(exc).splitlines()[0][:200]})") from None

@@ -16,8 +16,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import keras
-import tensorflow as tf
+from normbench.console import quiet_tensorflow
+
+tf = quiet_tensorflow()  # first, so TF's C++ start-up lines stay quiet
+import keras  # noqa: E402
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
 KERAS_3 = int(keras.__version__.split(".")[0]) >= 3

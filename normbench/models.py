@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import keras
+from normbench.console import quiet_tensorflow
+
+quiet_tensorflow()
+import keras  # noqa: E402
 
 from normbench.spec import CONV_KERNEL, IMAGE_SHAPE, ModelSpec
 

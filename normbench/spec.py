@@ -1,15 +1,15 @@
-"""YAML experiment specs -> frozen, validated pydantic models. Never imports TensorFlow."""
+"""The experiment schema: frozen, validated pydantic models, and a run's identity. No TensorFlow.
+
+Reading YAML files, `-s` overrides and sweep expansion live in `grid.py`."""
 
 from __future__ import annotations
 
-import copy
 import difflib
+import functools
 import hashlib
-import itertools
 import json
 import math
-import re
-from pathlib import Path
+import struct
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -27,7 +27,6 @@ INITIALIZERS = ("zeros", "ones", "random_normal", "random_uniform", "truncated_n
                 "lecun_normal", "lecun_uniform")
 IMAGE_SHAPE = (28, 28, 1)  # every dataset here is 28x28 grey
 CONV_KERNEL = 3
-MAX_SPEC_BYTES = 1 << 20
 
 
 def conv_output_shape(conv_filters: int) -> tuple[int, int, int, int]:
@@ -44,9 +43,24 @@ def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
     raise ValueError(f"unknown {what} {value!r}; {hint}choose from {', '.join(choices)}")
 
 
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: below it values flush to 0
+
+
+def _float32(value: float) -> float:
+    """`value` as the float32 the model computes with."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.inf
+
+
 def _positive_finite(value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be a finite number > 0, got {value!r}")
+    if value < FLOAT32_TINY or not math.isfinite(_float32(value)):
+        raise ValueError(f"{value!r} is not representable in float32, the compute dtype "
+                         f"(it becomes {_float32(value)!r}); use a value in "
+                         f"[{FLOAT32_TINY:.3g}, 3.4e38]")
     return value
 
 
@@ -71,6 +85,8 @@ class NormSpec(_Frozen):
     def _momentum(cls, value: float | None) -> float | None:
         if value is not None and not 0.0 < value < 1.0:
             raise ValueError(f"momentum must be in (0, 1), got {value!r}")
+        if value is not None and _float32(value) >= 1.0:  # the moving statistics would freeze
+            raise ValueError(f"momentum {value!r} rounds to 1.0 in float32; use at most 0.9999999")
         return value
 
     @field_validator("type")
@@ -248,92 +264,6 @@ class Spec(_Frozen):
         return _choice(value.lower(), DATASETS, "dataset")
 
 
-# ---------------------------------------------------------------------------------------------
-# YAML in, YAML out
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.2) and rejects duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            try:
-                seen.add(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a plain value", key_node.start_mark) from None
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    try:
-        # A few lines of nested aliases ("billion laughs") expand to gigabytes; a spec has
-        # nothing to repeat, so anchors and aliases are refused outright.
-        for event in yaml.parse(text, Loader=_Loader):
-            if isinstance(event, yaml.AliasEvent):
-                mark = event.start_mark
-                raise NormbenchError(f"{where}: YAML alias *{event.anchor} (line {mark.line + 1}):"
-                                     " anchors and aliases are not allowed in a spec")
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except RecursionError:
-        raise NormbenchError(f"{where}: invalid YAML: nested too deeply") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise NormbenchError(f"{where}: invalid YAML{at}: {problem}") from None
-
-
-def read_text(path: Path) -> str:
-    """The file's text, or a NormbenchError saying in one line why it cannot be a spec."""
-    try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise NormbenchError(f"{path}: is a directory, not a spec file")
-        if not path.is_file():  # a FIFO or device would block or never end
-            raise NormbenchError(f"{path}: not a regular file")
-        if size > MAX_SPEC_BYTES:
-            raise NormbenchError(f"{path}: {size} bytes is too large for a spec (limit {MAX_SPEC_BYTES})")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NormbenchError(f"{path}: no such file") from None
-    except PermissionError:
-        raise NormbenchError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise NormbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if b"\0" in data:
-        raise NormbenchError(f"{path}: binary file, not a YAML spec")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NormbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def apply_override(doc: dict, override: str) -> None:
-    """Apply one `-s path=value` (value parsed as YAML) to the raw spec mapping, in place."""
-    path, sep, raw = override.partition("=")
-    keys = path.strip().split(".")
-    if not sep or not all(k.strip() for k in keys):
-        raise NormbenchError(f"-s {override!r}: expected PATH=VALUE, e.g. -s train.epochs=3")
-    value = parse_yaml(raw, f"-s {override!r}") if raw.strip() else raw
-    if keys[0] == "sweep" and len(keys) > 1:  # sweep axes are dotted paths themselves
-        keys = ["sweep", ".".join(keys[1:])]
-    _set_path(doc, keys, value, f"-s {override!r}")
-
-
 def _valid_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] | None = Spec
     for part in loc[:-1]:
@@ -372,108 +302,6 @@ def validate(doc: Any, where: str) -> Spec:
         raise NormbenchError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
 
 
-MAX_RUNS = 10_000
-
-
-def _set_path(doc: dict, keys: list[str], value: Any, what: str) -> None:
-    node = doc
-    for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise NormbenchError(f"{what}: {'.'.join(keys[:depth + 1])} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_sweep_option(option: str) -> tuple[str, list]:
-    """`--sweep path=a,b,c` -> (path, [a, b, c]), each value read as YAML."""
-    path, sep, raw = option.partition("=")
-    if not sep or not path.strip() or not raw.strip():
-        raise NormbenchError(f"--sweep {option!r}: expected PATH=V1,V2,..., e.g. "
-                             "--sweep train.batch_size=2,8,32")
-    return path.strip(), [parse_yaml(v, f"--sweep {option!r}") for v in raw.split(",")]
-
-
-def _grid(doc: dict, where: str, sweeps: list[tuple[str, list]]) -> tuple[dict[str, list], list]:
-    sweep = doc.pop("sweep", None)
-    seeds = doc.pop("seeds", None)
-    if sweep is None:
-        sweep = {}
-    if not isinstance(sweep, dict):
-        raise NormbenchError(f"{where}: sweep: expected a mapping of field paths to lists, e.g. "
-                             "{train.batch_size: [2, 8, 32]}")
-    sweep = dict(sweep)
-    sweep.update(sweeps)
-    for key, values in sweep.items():
-        if not isinstance(key, str) or not isinstance(values, list) or not values:
-            raise NormbenchError(f"{where}: sweep.{key}: expected a non-empty list of values")
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
-            raise NormbenchError(f"{where}: sweep.{key}: repeated values in {values}")
-    if seeds is None:
-        seeds = []
-    elif isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
-        raise NormbenchError(f"{where}: seeds: expected a count (e.g. 3) or a list of seeds")
-    elif isinstance(seeds, int):
-        if not 1 <= seeds <= 1000:
-            raise NormbenchError(f"{where}: seeds: a count must be 1..1000, got {seeds}")
-        seeds = list(range(seeds))
-    elif not seeds or len(set(map(str, seeds))) != len(seeds) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds):
-        raise NormbenchError(f"{where}: seeds: a list must hold distinct integers >= 0, got {seeds}")
-    return sweep, seeds
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def load_runs(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
-              sweeps: tuple[str, ...] | list[str] = ()) -> list[Spec]:
-    """Every run one spec file describes: its sweep grid x seeds (or just itself), validated.
-
-    Overrides apply to every run; `sweeps` (`path=a,b,c`) add or replace sweep axes. Invalid
-    grid points are all reported at once, one per line, before anything runs.
-    """
-    path = Path(path)
-    where = str(path)
-    doc = parse_yaml(read_text(path), where)
-    if not isinstance(doc, dict):
-        return [validate(doc, where)]
-    for override in overrides:
-        apply_override(doc, override)
-    doc.setdefault("name", path.stem)
-    axes, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps])
-    points = list(itertools.product(*axes.values()))
-    if len(points) * max(1, len(seeds)) > MAX_RUNS:
-        raise NormbenchError(f"{where}: the sweep has {len(points) * max(1, len(seeds))} runs "
-                             f"(limit {MAX_RUNS})")
-    runs, errors = [], []
-    for point in points:
-        for seed in seeds or [None]:
-            run_doc = copy.deepcopy(doc)
-            assignment = dict(zip(axes, point))
-            if seed is not None:
-                assignment["train.seed"] = seed
-            label = ", ".join(f"{k}={_short(v)}" for k, v in assignment.items())
-            for key, value in assignment.items():
-                _set_path(run_doc, key.split("."), value, f"{where}: sweep {key}")
-            try:
-                runs.append(validate(run_doc, f"{where}" + (f" [{label}]" if label else "")))
-            except NormbenchError as exc:
-                errors.append(str(exc))
-    if errors:
-        raise NormbenchError("\n".join(dict.fromkeys(errors)))
-    return runs
-
-
-def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
-    """Read, override and validate a spec file that describes one run."""
-    runs = load_runs(path, overrides)
-    if len(runs) != 1:
-        raise NormbenchError(f"{path}: describes {len(runs)} runs (a sweep); expected one")
-    return runs[0]
-
 
 def to_dict(spec: Spec) -> dict:
     return spec.model_dump(mode="json")
@@ -483,11 +311,46 @@ def to_yaml(spec: Spec) -> str:
     return yaml.safe_dump(to_dict(spec), sort_keys=False)
 
 
+# A field that changes nothing a run trains (tracking, saving, executor options) is declared with
+# Field(..., json_schema_extra=OUTSIDE_IDENTITY) and never enters a run id.
+OUTSIDE_IDENTITY = {"identity": False}
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_fields(cls: type[BaseModel]) -> tuple[tuple[str, Any], ...]:
+    """(name, default) of each field of `cls` that belongs to a run's identity."""
+    fields = []
+    for name, field in cls.model_fields.items():
+        extra = field.json_schema_extra
+        if not (isinstance(extra, dict) and extra.get("identity") is False):
+            fields.append((name, field.get_default(call_default_factory=True)))
+    return tuple(fields)
+
+
+def identity(model: BaseModel) -> dict:
+    """The fields of `model` (recursively) that make a run what it is: every field that differs
+    from its declared default, less those declared OUTSIDE_IDENTITY. A new field added at its
+    default therefore leaves every existing run id unchanged (it must default to the value that
+    reproduces the old behaviour, resolved, e.g. None for 'off')."""
+    out = {}
+    for name, default in _identity_fields(type(model)):
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            nested = identity(value)
+            if nested:
+                out[name] = nested
+        elif not (value == default and type(value) is type(default)):  # True == 1, not alike
+            out[name] = value
+    return out
+
+
 def spec_hash(spec: Spec, *, without_seed: bool = False) -> str:
-    """sha256 of the resolved spec (optionally ignoring the seed): the experiment's identity."""
-    data = to_dict(spec)
-    if without_seed:
-        data["train"].pop("seed")
+    """sha256 of the spec's identity (optionally without the seed): the experiment's identity."""
+    data = identity(spec)
+    if without_seed and "train" in data:
+        data["train"].pop("seed", None)
+        if not data["train"]:
+            del data["train"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -498,8 +361,11 @@ def first_norm_channels(model: ModelSpec) -> int:
     return conv_output_shape(model.conv_filters)[model.norm.axis]
 
 
-def for_smoke(spec: Spec) -> Spec:
-    """The spec a --smoke run trains: one epoch (data.load slices the data)."""
+def for_smoke(spec: Spec, *, keep_epochs: bool = False) -> Spec:
+    """The spec a --smoke run trains: one epoch (data.load slices the data), unless the user
+    set the epochs explicitly (`-s train.epochs=N` wins over --smoke)."""
+    if keep_epochs:
+        return spec
     return spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 1})})
 
 

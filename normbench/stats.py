@@ -6,6 +6,7 @@ Hand-written (about 40 lines) rather than importing SciPy, whose import alone wo
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
@@ -46,6 +47,7 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)  # a table of many groups asks for the same few quantiles
 def t_ppf(q: float, df: float) -> float:
     """Quantile of Student's t, by bisection on the CDF."""
     lo, hi = -1e6, 1e6

@@ -1,23 +1,26 @@
-"""Run many specs: skip finished runs, claim the rest with locks, in-process, in N local worker
-processes or as Ray tasks. Every finished run is saved by the same atomic writer."""
+"""Run many specs: skip finished runs, claim the rest with locks, and train them in this process,
+in a pool of local worker processes or as Ray tasks. This process (the driver) claims each run
+when it starts, saves what comes back through the one atomic writer, and releases the claim;
+workers and Ray tasks only train and return a record."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import datetime as dt
-import json
+import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from normbench import results, spec as specs
+from normbench import spec as specs, store, tables
 from normbench.errors import NormbenchError
+from normbench.store import RunRecord
+
+WORKER_MEMORY = 600 << 20  # a TensorFlow worker's resident memory with the data (measured ~440 MiB)
 
 
 @dataclass(frozen=True)
@@ -25,32 +28,33 @@ class Planned:
     spec: specs.Spec
     run_id: str
     done: bool  # a finished (or diverged) record already exists
+    fallback: bool = False  # ... but it trained on other data than the spec asked for
 
 
 @dataclass
 class Outcome:
-    ran: list[results.RunRecord] = field(default_factory=list)
-    skipped: int = 0  # already finished
+    ran: list[RunRecord] = field(default_factory=list)
+    skipped: int = 0  # found finished when claimed (another process finished it meanwhile)
     busy: list[str] = field(default_factory=list)  # claimed by another process
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run_id, error)
+    not_started: int = 0  # left when interrupted
     interrupted: bool = False
 
-    def merge(self, other: Outcome) -> None:
-        self.ran += other.ran
-        self.skipped += other.skipped
-        self.busy += other.busy
-        self.failed += other.failed
-        self.interrupted |= other.interrupted
 
-
-def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path) -> list[Planned]:
-    """One entry per distinct run (identical grid points collapse), in grid order."""
-    seen, out = set(), []
+def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
+         retry_fallback: bool = False) -> list[Planned]:
+    """One entry per run, in grid order, and whether it is done. With `retry_fallback`, a run
+    that trained on fallback data (mnist-10k for an offline mnist) counts as not done."""
+    out, seen = [], set()
     for spec in runs:
-        rid = results.run_id(spec.name, specs.spec_hash(spec), smoke)
-        if rid not in seen:
-            seen.add(rid)
-            out.append(Planned(spec, rid, results.finished(results_dir, rid) is not None))
+        rid = store.run_id(spec.name, specs.spec_hash(spec), smoke)
+        if rid in seen:
+            continue
+        seen.add(rid)
+        record = store.finished(results_dir, rid)
+        fallback = record is not None and record.dataset.fallback
+        out.append(Planned(spec, rid, record is not None and not (retry_fallback and fallback),
+                           fallback))
     return out
 
 
@@ -58,9 +62,11 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def _stale(record: results.RunRecord | None, force: bool, since: str) -> bool:
-    """Whether a run must (re)run: no record, or --force and the record predates this sweep."""
-    return record is None or (force and record.started < since)
+def _stale(record: RunRecord | None, force: bool, since: str, retry_fallback: bool) -> bool:
+    """Whether a run must (re)run: no record, --force and the record predates this sweep, or
+    --retry-fallback and it trained on fallback data."""
+    return (record is None or (force and record.started < since)
+            or (retry_fallback and record.dataset.fallback))
 
 
 def stop_on_sigterm() -> None:
@@ -71,26 +77,55 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+@dataclass
+class _Driver:
+    """Claims, saves and counts for every executor."""
+
+    results_dir: Path
+    force: bool
+    since: str
+    retry_fallback: bool
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def claim(self, item: Planned):
+        """The run's lock if this process should run it now, else None (counted)."""
+        lock = store.claim(self.results_dir, item.run_id)
+        if lock is None:
+            self.outcome.busy.append(item.run_id)
+            return None
+        if not _stale(store.finished(self.results_dir, item.run_id), self.force, self.since,
+                      self.retry_fallback):
+            lock.release()
+            self.outcome.skipped += 1
+            return None
+        return lock
+
+    def save(self, item: Planned, record: RunRecord) -> None:
+        store.save(record, specs.to_yaml(item.spec), self.results_dir)
+        tables.append_summary(self.results_dir, record)
+        self.outcome.ran.append(record)
+
+
+def _status_path(results_dir: Path, rid: str) -> Path:
+    return results_dir / "runs" / ".claims" / f"{rid}.status"
+
+
 def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool,
-                   since: str, quiet: bool = False,
+                   since: str, quiet: bool = False, retry_fallback: bool = False,
                    announce: Callable[[int, Planned], None] | None = None) -> Outcome:
     """Claim and run each planned run here, one after another."""
     from normbench import train  # imports TensorFlow
 
-    outcome = Outcome()
-    status_dir = results_dir / "runs" / ".claims"
+    driver = _Driver(results_dir, force, since, retry_fallback)
+    started = 0
     try:
         for i, item in enumerate(todo):
-            lock = results.claim(results_dir, item.run_id)
+            lock = driver.claim(item)
+            started = i + 1
             if lock is None:
-                outcome.busy.append(item.run_id)
                 continue
-            status = status_dir / f"{item.run_id}.status"
+            status = _status_path(results_dir, item.run_id)
             try:
-                existing = results.finished(results_dir, item.run_id)
-                if not _stale(existing, force, since):
-                    outcome.skipped += 1
-                    continue
                 if announce:
                     announce(i, item)
                 try:
@@ -98,77 +133,25 @@ def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force
                 except NormbenchError:
                     raise
                 except Exception as exc:  # one broken run must not stop the sweep
-                    outcome.failed.append((item.run_id, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+                    driver.outcome.failed.append((item.run_id, _first_line(exc)))
                     continue
-                results.save(record, specs.to_yaml(item.spec), results_dir, replace=existing is not None)
-                results.write_summaries(results_dir)
-                outcome.ran.append(record)
+                driver.save(item, record)
             finally:
                 status.unlink(missing_ok=True)
                 lock.release()
     except KeyboardInterrupt:
-        outcome.interrupted = True
-    return outcome
+        driver.outcome.interrupted = True
+        driver.outcome.not_started = len(todo) - started
+    return driver.outcome
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 # ---------------------------------------------------------------------------------------------
-# N local worker processes: each walks the same plan; the run locks keep them apart.
-
-
-def run_workers(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
-                jobs: int, progress: Callable[[int, list[str]], None] | None = None) -> Outcome:
-    """Run `todo` in `jobs` worker processes; `progress(done, running)` is called as they go."""
-    claims = results_dir / "runs" / ".claims"
-    claims.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=claims, prefix=".sweep-") as tmp:
-        plan_file = Path(tmp) / "plan.json"
-        plan_file.write_text(json.dumps([specs.to_dict(p.spec) for p in todo]))
-        workers = []
-        for k in range(jobs):
-            out_file = Path(tmp) / f"worker-{k}.json"
-            argv = [sys.executable, "-m", "normbench.sweep", str(plan_file), str(results_dir),
-                    str(out_file), "--offset", str(k * len(todo) // jobs), "--jobs", str(jobs),
-                    "--worker", str(k),
-                    "--since", since] + (["--smoke"] if smoke else []) + (["--force"] if force else [])
-            workers.append((subprocess.Popen(argv), out_file))
-        outcome = Outcome()
-        try:
-            while any(p.poll() is None for p, _ in workers):
-                if progress:
-                    done = sum(not _stale(results.finished(results_dir, t.run_id), force, since)
-                               for t in todo)
-                    running = [f"{f.stem}: {f.read_text()}" for f in claims.glob("*.status")
-                               if f.exists()]
-                    progress(done, running)
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            for p, _ in workers:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-            for p, _ in workers:
-                p.wait()
-            outcome.interrupted = True
-        for p, out_file in workers:
-            if out_file.exists():
-                outcome.merge(_outcome_from_json(json.loads(out_file.read_text()), results_dir))
-            elif p.returncode not in (0, 130):
-                outcome.failed.append(("worker", f"worker exited with code {p.returncode}"))
-    # Each worker skipped what the others ran: count a run once, as run or as skipped.
-    ran = {r.run_id for r in outcome.ran}
-    outcome.busy = [b for b in dict.fromkeys(outcome.busy) if b not in ran]
-    outcome.skipped = max(0, len(todo) - len(ran) - len(outcome.busy) - len(outcome.failed))
-    return outcome
-
-
-def _outcome_to_json(outcome: Outcome) -> dict:
-    return {"ran": [r.run_id for r in outcome.ran], "skipped": outcome.skipped,
-            "busy": outcome.busy, "failed": outcome.failed, "interrupted": outcome.interrupted}
-
-
-def _outcome_from_json(data: dict, results_dir: Path) -> Outcome:
-    ran = [r for r in (results.finished(results_dir, rid) for rid in data["ran"]) if r]
-    return Outcome(ran, data["skipped"], data["busy"], [tuple(f) for f in data["failed"]],
-                   data["interrupted"])
+# A pool of local worker processes (concurrent.futures, spawned: no TensorFlow state is forked)
 
 
 def pin_worker(worker: int, jobs: int) -> int:
@@ -179,65 +162,186 @@ def pin_worker(worker: int, jobs: int) -> int:
         return max(1, (os.cpu_count() or 1) // jobs)
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // jobs)
-    if jobs > 1 and jobs <= len(cores):
+    if 1 < jobs <= len(cores):
         os.sched_setaffinity(0, cores[worker * share:(worker + 1) * share])
     return share
 
 
-def _worker_main(argv: list[str]) -> int:
-    import argparse
+def _die_with_parent(parent: int) -> None:
+    """Make the kernel kill this worker when the driver dies (kill -9 included), so orphans
+    never go on with a sweep nobody saves."""
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    parser = argparse.ArgumentParser(prog="normbench.sweep", description="one sweep worker")
-    for name in ("plan", "results", "out"):
-        parser.add_argument(name)
-    parser.add_argument("--offset", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--since", required=True)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    stop_on_sigterm()
-    cores = pin_worker(args.worker, args.jobs)  # before TensorFlow starts its thread pools
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(parent: int, counter, jobs: int) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; Ctrl-C reaches all
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    cores = pin_worker(index % jobs, jobs)  # before TensorFlow starts its thread pools
     from normbench import train
 
     train.configure_threads(cores)
-    results_dir = Path(args.results)
-    runs = [specs.Spec.model_validate(d) for d in json.loads(Path(args.plan).read_text())]
-    todo = plan(runs, args.smoke, results_dir)
-    todo = todo[args.offset:] + todo[:args.offset]  # start apart: fewer lock collisions
+
+
+def train_task(spec_dict: dict, smoke: bool, status_path: str | None = None) -> str:
+    """Train one run in a worker process or Ray task; the record comes back as JSON."""
+    from normbench import train
+
+    spec = specs.Spec.model_validate(spec_dict)
+    record = train.run_one(spec, smoke=smoke, quiet=True,
+                           status_path=Path(status_path) if status_path else None)
+    return record.model_dump_json()
+
+
+def available_memory() -> int | None:
     try:
-        outcome = run_in_process(todo, results_dir, smoke=args.smoke, force=args.force,
-                                 since=args.since, quiet=True)
-    except NormbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    Path(args.out).write_text(json.dumps(_outcome_to_json(outcome)))
-    for rid, why in outcome.failed:
-        print(f"failed {rid}: {why}", file=sys.stderr)
-    return 130 if outcome.interrupted else 0
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def worker_count(jobs: int, runs: int) -> tuple[int, str | None]:
+    """How many workers to start: at most `jobs`, the number of runs, and what memory allows;
+    with the reason when fewer than asked."""
+    n, why = min(jobs, runs), None
+    if n < jobs:
+        why = f"{runs} run(s) to do"
+    memory = available_memory()
+    if memory is not None and memory // WORKER_MEMORY < n:
+        n = max(1, memory // WORKER_MEMORY)
+        why = f"{memory >> 20} MiB of memory available, ~{WORKER_MEMORY >> 20} MiB per worker"
+    return n, why
+
+
+def run_pool(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
+             jobs: int, retry_fallback: bool = False,
+             progress: Callable[[int, list[str]], None] | None = None) -> Outcome:
+    """Run `todo` in a pool of `jobs` spawned worker processes; at most `jobs` runs are claimed
+    at a time, each when it is handed to a worker."""
+    driver = _Driver(results_dir, force, since, retry_fallback)
+    ctx = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(os.getpid(), ctx.Value("i", 0), jobs))
+    running: dict[cf.Future, tuple[Planned, object]] = {}
+    queue = list(reversed(todo))
+    done = 0
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                item = queue.pop()
+                lock = driver.claim(item)
+                if lock is None:
+                    done += 1
+                    continue
+                status = _status_path(results_dir, item.run_id)
+                running[pool.submit(train_task, specs.to_dict(item.spec), smoke, str(status))] = \
+                    (item, lock)
+            if progress:
+                progress(done, [_status_line(results_dir, item) for item, _ in running.values()])
+            if not running:
+                continue
+            finished, _ = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                item, lock = running.pop(future)
+                try:
+                    record = RunRecord.model_validate_json(future.result())
+                    driver.save(item, record)
+                except NormbenchError:
+                    raise
+                except cf.process.BrokenProcessPool as exc:
+                    driver.outcome.failed.append((item.run_id, f"its worker process died ({exc})"))
+                    queue.clear()  # no pool left to run the rest: they stay to do
+                except Exception as exc:  # the run failed in its worker
+                    driver.outcome.failed.append((item.run_id, _first_line(exc)))
+                finally:
+                    _status_path(results_dir, item.run_id).unlink(missing_ok=True)
+                    lock.release()
+                    done += 1
+        if progress:
+            progress(done, [])
+    except KeyboardInterrupt:
+        driver.outcome.interrupted = True
+        driver.outcome.not_started = len(queue) + len(running)
+    finally:
+        _stop(pool)
+        for future, (item, lock) in running.items():
+            _status_path(results_dir, item.run_id).unlink(missing_ok=True)
+            lock.release()
+    return driver.outcome
+
+
+def _status_line(results_dir: Path, item: Planned) -> str:
+    """What a worker is doing ('epoch 2/3'), from the status file it keeps for its run."""
+    try:
+        return f"{item.run_id}: {_status_path(results_dir, item.run_id).read_text()}"
+    except OSError:
+        return f"{item.run_id}: starting"
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Shut the pool down now: queued work is cancelled and running workers are killed (they
+    write nothing into the results directory, so killing them loses only unsaved training)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # concurrent.futures keeps them here
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=10)
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray: the driver claims runs and saves what comes back; tasks only train.
+# Ray: the driver claims each run when it submits it and saves what comes back; tasks only train.
 
 
-def _ray_task(spec_dict: dict, smoke: bool) -> str:
-    from normbench import train
+def _ray_error(address: str | None, exc: BaseException) -> NormbenchError:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    where = address or "a new local instance"
+    if any(word in text.lower() for word in ("token", "unauthenticated", "authentication")):
+        return NormbenchError(
+            f"--executor ray: the Ray cluster at {where} requires token authentication (Ray >= "
+            "2.5x starts clusters with it on): set RAY_AUTH_MODE=token and the cluster's token "
+            f"(RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) in this shell, then run again ({first})")
+    tmp = os.environ.get("RAY_TMPDIR")
+    if tmp and isinstance(exc, OSError):
+        return NormbenchError(f"--executor ray: cannot start Ray: RAY_TMPDIR={tmp} is not usable "
+                              f"({exc.strerror or first})")
+    return NormbenchError(f"--executor ray: cannot reach Ray at {where}: {first}")
 
-    train.configure_threads(1)  # Ray places one task per CPU it was given
-    spec = specs.Spec.model_validate(spec_dict)
-    return train.run_one(spec, smoke=smoke, quiet=True).model_dump_json()
+
+def ray_preflight() -> None:
+    """What can be checked before Ray starts: it is installed, and RAY_TMPDIR is usable."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise NormbenchError("--executor ray needs Ray: pip install 'normbench[ray]'")
+    tmp = os.environ.get("RAY_TMPDIR")
+    if tmp and not (Path(tmp).is_dir() and os.access(tmp, os.W_OK)):
+        raise NormbenchError(f"--executor ray: RAY_TMPDIR={tmp} is not a writable directory")
 
 
 def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
-               address: str | None = None,
+               address: str | None = None, retry_fallback: bool = False,
                progress: Callable[[int, list[str]], None] | None = None) -> Outcome:
-    try:
-        import ray
-    except ImportError:
-        raise NormbenchError("--executor ray needs Ray: pip install 'normbench[ray]'") from None
-    outcome = Outcome()
+    ray_preflight()
+    import ray
+
+    driver = _Driver(results_dir, force, since, retry_fallback)
     started_here = not ray.is_initialized()
     if started_here and address and address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
@@ -250,51 +354,53 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True,
-                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
-        except (ConnectionError, ValueError, RuntimeError, SystemExit) as exc:
-            where = address or "a new local instance"
-            raise NormbenchError(f"--executor ray: cannot reach Ray at {where}: "
-                                 f"{str(exc).splitlines()[0]}") from None
+                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+        except (Exception, SystemExit) as exc:  # Ray raises many kinds, and sometimes exits
+            raise _ray_error(address, exc) from None
     task = ray.remote(num_cpus=1)(_ray_task)
-    pending, locks = {}, {}
+    window = max(1, int(ray.available_resources().get("CPU", 1)))
+    pending: dict = {}
+    queue = list(reversed(todo))
+    done = 0
     try:
-        for item in todo:
-            lock = results.claim(results_dir, item.run_id)
-            if lock is None:
-                outcome.busy.append(item.run_id)
+        while queue or pending:
+            while queue and len(pending) < window:
+                item = queue.pop()
+                lock = driver.claim(item)
+                if lock is None:
+                    done += 1
+                    continue
+                pending[task.remote(specs.to_dict(item.spec), smoke)] = (item, lock)
+            if not pending:
                 continue
-            existing = results.finished(results_dir, item.run_id)
-            if not _stale(existing, force, since):
-                lock.release()
-                outcome.skipped += 1
-                continue
-            locks[item.run_id] = lock
-            pending[task.remote(specs.to_dict(item.spec), smoke)] = (item, existing is not None)
-        while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            item, replace = pending.pop(ready[0])
+            item, lock = pending.pop(ready[0])
             try:
-                record = results.RunRecord.model_validate_json(ray.get(ready[0]))
-                results.save(record, specs.to_yaml(item.spec), results_dir, replace=replace)
-                results.write_summaries(results_dir)
-                outcome.ran.append(record)
+                driver.save(item, RunRecord.model_validate_json(ray.get(ready[0])))
+            except NormbenchError:
+                raise
             except Exception as exc:  # a task's failure arrives here as RayTaskError
-                outcome.failed.append((item.run_id, str(exc).strip().splitlines()[-1][:300]))
+                driver.outcome.failed.append((item.run_id, str(exc).strip().splitlines()[-1][:300]))
             finally:
-                locks.pop(item.run_id).release()
+                lock.release()
+                done += 1
             if progress:
-                progress(len(outcome.ran) + len(outcome.failed), [])
+                progress(done, [])
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
-        outcome.interrupted = True
+        driver.outcome.interrupted = True
+        driver.outcome.not_started = len(queue) + len(pending)
     finally:
-        for lock in locks.values():
+        for _, lock in pending.values():
             lock.release()
         if started_here:
             ray.shutdown()
-    return outcome
+    return driver.outcome
 
 
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+def _ray_task(spec_dict: dict, smoke: bool) -> str:
+    from normbench import train
+
+    train.configure_threads(1)  # Ray places one task per CPU it was given
+    return train_task(spec_dict, smoke)

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import platform
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ info and warnings (oneDNN, CUDA probes)
+from normbench.console import EpochProgress, quiet_tensorflow  # noqa: E402
 
+tf = quiet_tensorflow()  # before Keras, which imports it with its C++ log lines
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 import normbench  # noqa: E402
 from normbench import data, layers, norms, spec as specs  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
 from normbench.models import build_model  # noqa: E402
-from normbench.results import RunRecord, run_id  # noqa: E402
+from normbench.store import RunRecord, run_id  # noqa: E402
+
+log = logging.getLogger("normbench")
+CHANCE_ACCURACY = 0.12  # 10 classes: a model at or below this learned nothing
+LOSS_BLOWUP = 100.0  # final training loss above this multiple of the first call's: diverged
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
               "rmsprop": keras.optimizers.RMSprop}
@@ -44,36 +47,8 @@ def environment() -> dict:
     return {"normbench": normbench.__version__, "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__,
             "tfa": tfa_reason if usable else None, "numpy": data.np.__version__,
-            "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
-
-
-class _Progress:
-    """A rich progress bar per epoch on stderr, and one line per finished epoch."""
-
-    def __init__(self, title: str, epochs: int, steps: int):
-        self.title, self.epochs, self.steps = title, epochs, steps
-        self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=self.console, transient=True)
-
-    def __enter__(self):
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-
-    def epoch_begin(self, epoch: int) -> None:
-        self.task = self.bar.add_task(f"{self.title} epoch {epoch + 1}/{self.epochs}",
-                                      total=self.steps)
-
-    def steps_done(self, steps: int) -> None:
-        self.bar.update(self.task, completed=steps)
-
-    def epoch_end(self, epoch: int, loss: float, accuracy: float, seconds: float) -> None:
-        self.bar.remove_task(self.task)
-        self.console.print(f"  epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  "
-                           f"accuracy {100 * accuracy:.2f}%  {seconds:.1f} s")
+            "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "host": platform.node(), "pid": os.getpid()}
 
 
 def _write_status(path: Path | None, text: str) -> None:
@@ -157,6 +132,8 @@ class _Fit:
         self.fallback: str | None = None
         self.history: list[dict] = []
         self.first_calls: list[tuple[float, int]] = []  # epoch 1: (seconds, samples) per call
+        self.first_loss: float | None = None  # mean loss over the first call's steps
+        self.nonfinite: str | None = None  # where the loss became NaN/Inf
         optimizer.build(model.trainable_variables)  # slots exist before the graph is traced
         self.loop = _Loop(model, optimizer, self.mode)
 
@@ -179,9 +156,10 @@ class _Fit:
             self.loop = _Loop(self.model, self.optimizer, "none")
             return self.loop.steps(*args)
 
-    def run(self, x: np.ndarray, y: np.ndarray, progress: _Progress | None,
+    def run(self, x: np.ndarray, y: np.ndarray, progress: EpochProgress | None,
             status_path: Path | None) -> bool:
-        """Train; False if the loss became NaN/Inf (training stops at the end of that call)."""
+        """Train; False if the loss became NaN/Inf (training stops at the end of that call;
+        `nonfinite` says where)."""
         t = self.t
         n, rng = len(y), np.random.default_rng(t.seed)
         full, rest = divmod(n, t.batch_size)
@@ -204,6 +182,8 @@ class _Fit:
                     l_sum, hits = self._call(x_t, y_t, rows, tf.constant(first), tf.constant(count))
                     loss_sum, correct = loss_sum + float(l_sum), correct + float(hits)
                     seen, steps = seen + count * size, steps + count
+                    if self.first_loss is None:
+                        self.first_loss = float(l_sum) / (count * size)
                     if epoch == 0 and size == t.batch_size:
                         self.first_calls.append((time.perf_counter() - called, count * size))
                     if progress:
@@ -216,6 +196,7 @@ class _Fit:
                 if progress:
                     progress.epoch_end(epoch, loss_sum / seen, correct / seen, seconds)
                 if not math.isfinite(loss_sum):
+                    self.nonfinite = f"the training loss became {loss_sum / seen} in epoch {epoch + 1}"
                     return False
         return True
 
@@ -237,6 +218,40 @@ def configure_threads(cores: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(max(1, cores))
 
 
+def diverged_reason(nonfinite: str | None, first_loss: float | None, final_loss: float,
+                    test_loss: float, test_accuracy: float) -> str | None:
+    """Why a run that trained to the end still failed, or None. A diverged run is kept (and not
+    retried on every invocation, as a failed one would be) but never averaged into means."""
+    if nonfinite:
+        return nonfinite
+    if not math.isfinite(test_loss):
+        return f"the test loss is {test_loss}"
+    if first_loss is not None and math.isfinite(first_loss) and first_loss > 0 \
+            and final_loss > LOSS_BLOWUP * first_loss:
+        return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x the "
+                f"first call's {first_loss:.4g}")
+    if test_accuracy < CHANCE_ACCURACY:
+        return f"test accuracy {100 * test_accuracy:.1f}% is at chance (< {100 * CHANCE_ACCURACY:g}%)"
+    return None
+
+
+def _bn_warning(spec: specs.Spec, steps: int) -> str | None:
+    """BatchNorm's moving averages need about 5 / (1 - momentum) steps to forget their initial
+    values (0 and 1); evaluated earlier, the model uses statistics of nothing it has seen (the
+    default 0.99 on a 125-step smoke run gave a constant predictor at 10.8%)."""
+    momentum = spec.model.norm.momentum
+    if spec.model.norm.type not in ("batch", "batch_renorm") or momentum is None:
+        return None
+    needed = math.ceil(5 / (1 - momentum))
+    if steps >= needed:
+        return None
+    text = (f"BatchNorm momentum {momentum:g} needs ~{needed} steps for its moving averages; this "
+            f"run takes {steps}: test accuracy will use unsettled statistics (train longer, or "
+            f"lower it, e.g. -s model.norm.momentum={max(0.5, round(1 - 5 / steps, 2)):g})")
+    log.warning(text)
+    return text
+
+
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
             status_path: Path | None = None) -> RunRecord:
     """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)).
@@ -254,10 +269,11 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     n_train = len(ds.y_train)
     fit = _Fit(model, optimizer, t)
     steps = math.ceil(n_train / t.batch_size)
+    warnings = [w for w in [ds.provenance.get("warning"), _bn_warning(spec, steps * t.epochs)] if w]
     if quiet:
         fit.run(ds.x_train, ds.y_train, None, status_path)
     else:
-        with _Progress(spec.name, t.epochs, steps) as progress:
+        with EpochProgress(spec.name, t.epochs, steps) as progress:
             fit.run(ds.x_train, ds.y_train, progress, status_path)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     with layers.xla_kernels(fit.mode == "kernels"):
@@ -266,22 +282,27 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     samples_per_s, basis = fit.steady(n_train)
     history = fit.history
     epoch_times = [h["time_s"] for h in history]
-    finite = all(math.isfinite(h["loss"]) for h in history) and math.isfinite(test_loss)
+    reason = diverged_reason(fit.nonfinite, fit.first_loss, history[-1]["loss"], float(test_loss),
+                             float(test_accuracy))
+    if reason:
+        log.warning(f"{spec.name}: diverged: {reason}")
+    if fit.fallback:
+        warnings.append(fit.fallback)
     spec_hash = specs.spec_hash(spec)
     return RunRecord(
         run_id=run_id(spec.name, spec_hash, smoke), name=spec.name,
-        status="finished" if finite else "diverged",
+        status="diverged" if reason else "finished", diverged_reason=reason,
         spec_hash=spec_hash, config_hash=specs.spec_hash(spec, without_seed=True),
         smoke=smoke, dataset=ds.provenance, norm_type=spec.model.norm.type,
         norm_groups=norms.effective_groups(spec.model.norm.type, spec.model.norm.groups,
                                            specs.first_norm_channels(spec.model)),
         impl_requested=spec.model.norm.impl, impl_used=made.impl, params=model.count_params(),
-        epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
+        epochs=len(history), batch_size=t.batch_size, seed=t.seed,
         test_accuracy=float(test_accuracy), test_loss=float(test_loss),
         train_accuracy=history[-1]["accuracy"], train_loss=history[-1]["loss"],
         epoch_times_s=epoch_times, first_epoch_s=epoch_times[0],
         steady_epoch_s=n_train / samples_per_s, steady_samples_per_s=samples_per_s,
         steady_basis=basis, total_s=time.perf_counter() - t0, started=started.isoformat(),
         finished=dt.datetime.now(dt.timezone.utc).isoformat(), env=environment(),
-        warnings=[w for w in [ds.provenance.get("warning"), fit.fallback] if w], history=history,
+        warnings=warnings, history=history,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from normbench.results import RunRecord
+from normbench.store import RunRecord
 
 
 def record(**fields) -> RunRecord:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-pytest.importorskip("tensorflow")
+import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
 from typer.testing import CliRunner  # noqa: E402
 
-from normbench import bench, data, norms, spec as specs  # noqa: E402
+from normbench import bench, data, grid, norms, spec as specs  # noqa: E402
 from normbench.cli import app  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
@@ -19,7 +19,7 @@ runner = CliRunner()
 
 
 def test_flops_per_sample_of_the_tutorial_model_by_hand():
-    spec = specs.load(bench.CONFIGS / "groupnorm.yaml")
+    spec = grid.load(bench.CONFIGS / "groupnorm.yaml")
     made = norms.make(spec.model.norm)
     model = build_model(spec.model, made.norm, made.conv)
     conv = 2 * 26 * 26 * 10 * 3 * 3 * 1
@@ -32,7 +32,7 @@ def test_sgemm_peak_is_a_plausible_rate():
 
 
 def test_tutorial_recipe_with_each_stand_in_for_tfa(tmp_path):
-    spec = specs.load(bench.CONFIGS / "groupnorm.yaml", ["train.epochs=2"])
+    spec = grid.load(bench.CONFIGS / "groupnorm.yaml", ["train.epochs=2"])
     ds = data.load("mnist-10k", smoke=True)
     for gn in ("keras", "native"):
         found = bench.tutorial_recipe(spec, ds, gn)
@@ -52,7 +52,7 @@ def test_bench_layers_times_every_implementation_and_the_floor():
 def test_bench_cli_command_writes_json_and_never_imports_tensorflow(tmp_path):
     out = tmp_path / "cli.json"
     result = runner.invoke(app, ["bench", "cli", "--records", "30", "--repeats", "1",
-                                 "--json", str(out)])
+                                 "--scale", "100,300", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     assert [r["command"] for r in rows][:4] == [
@@ -60,6 +60,22 @@ def test_bench_cli_command_writes_json_and_never_imports_tensorflow(tmp_path):
         "normbench compare (30 records)"]
     assert not any(r["imports_tensorflow"] for r in rows)
     assert "normbench compare (30 records)" in result.output
+    scale = json.loads(out.read_text())["scale"]
+    assert [r["records"] for r in scale["rows"]] == [100, 300]
+    assert all(r["bookkeeping_ms_per_run"] > 0 and r["dry_run_s"] > 0 for r in scale["rows"])
+
+
+def test_scale_records_are_the_sweeps_own_finished_runs(tmp_path):
+    """The fake records of the scale bench are exactly the scale sweep's runs: a dry run finds
+    them all finished (else the bench would time planning, not resuming)."""
+    from normbench import grid, sweep
+
+    spec_file = bench._fake_records(tmp_path, 200)
+    planned = sweep.plan(grid.load_runs(spec_file), False, tmp_path)
+    assert len(planned) == 200 and all(p.done for p in planned)
+    assert bench.bookkeeping(tmp_path, spec_file, runs=5) > 0
+    assert len(list((tmp_path / "runs").glob("scale-*"))) == 205
+    assert bench.parse_sizes("none") == () and bench.parse_sizes("1,10") == (1, 10)
 
 
 def test_imports_tensorflow_tells_the_two_apart():

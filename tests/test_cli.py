@@ -28,7 +28,8 @@ def invoke(*args: str):
                                   ["norms"], ["compare", "--results", str(ROOT / "tests")]])
 def test_light_commands_do_not_import_tensorflow(argv):
     code = ("import sys; from normbench.cli import main; sys.argv = ['normbench'] + sys.argv[1:]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n"
+            "    assert exc.code in (0, None), f'exit code {exc.code}'\n"
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -140,7 +141,7 @@ def test_compare_reports_damaged_runs_and_shows_the_rest(smoke_results, tmp_path
     result = invoke("compare", "--results", copy, "--format", "csv", "--runs")
     assert result.exit_code == 0
     assert result.stdout.count("\n") == len(NAMES)  # header + the readable runs
-    assert f"skipped {victim.name}: unreadable metrics.json" in result.stderr
+    assert f"skipped {victim.name}: invalid metrics.json" in result.stderr
 
 
 def test_tfa_and_native_side_by_side_where_tfa_runs(tmp_path):

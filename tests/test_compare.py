@@ -8,7 +8,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from normbench import compare, results, stats
+from normbench import stats, store, tables
 from normbench.cli import app
 from normbench.errors import NormbenchError
 
@@ -27,7 +27,7 @@ def sweep_dir(tmp_path, make_record):
     for (norm, batch), accs in ACC.items():
         for seed, acc in enumerate(accs):
             spec = _spec(norm, batch, seed)
-            results.save(make_record(
+            store.save(make_record(
                 run_id=f"bs-{norm}-{batch}-{seed:012x}", name="bs", norm_type=norm, batch_size=batch,
                 seed=seed, test_accuracy=acc, config_hash=f"{norm}{batch}", spec=spec,
                 history=[{"epoch": 1, "loss": 1.0 - acc, "accuracy": acc, "time_s": 1.0},
@@ -37,7 +37,7 @@ def sweep_dir(tmp_path, make_record):
 
 
 def test_group_rows_carry_ci_and_config(sweep_dir):
-    rows = results.group_rows(results.load_records(sweep_dir)[0])
+    rows = tables.group_rows(store.load_records(sweep_dir)[0])
     row = next(r for r in rows if r["config"] == "model.norm.type=batch, train.batch_size=2")
     mean, std, half = stats.mean_ci(ACC[("batch", 2)])
     assert row["runs"] == 3 and row["test_acc_mean"] == pytest.approx(0.91)
@@ -46,23 +46,23 @@ def test_group_rows_carry_ci_and_config(sweep_dir):
 
 
 def test_where_filters_and_unknown_fields(sweep_dir):
-    records = results.load_records(sweep_dir)[0]
-    assert len(compare.where(records, ["model.norm.type=group"])) == 6
-    assert len(compare.where(records, ["model.norm.type=group", "train.batch_size=2"])) == 3
+    records = store.load_records(sweep_dir)[0]
+    assert len(tables.where(records, ["model.norm.type=group"])) == 6
+    assert len(tables.where(records, ["model.norm.type=group", "train.batch_size=2"])) == 3
     with pytest.raises(NormbenchError, match="unknown field 'model.norm.typo'"):
-        compare.where(records, ["model.norm.typo=group"])
+        tables.where(records, ["model.norm.typo=group"])
 
 
 def test_pivot_by_batch_size(sweep_dir):
-    rows = results.group_rows(results.load_records(sweep_dir)[0])
-    table, columns = compare.pivot(rows, "train.batch_size")
+    rows = tables.group_rows(store.load_records(sweep_dir)[0])
+    table, columns = tables.pivot(rows, "train.batch_size")
     assert columns[-2:] == ["2", "32"]
     batch = next(r for r in table if "type=batch" in r["config"])
-    assert batch["2"].startswith("9.00 ± 2.48 (n=3)")  # 1 - 0.91; 4.3027 * 0.01 / sqrt(3) = 2.48%
+    assert batch["2"].startswith("9.00% ± 2.48 (n=3)")  # 1 - 0.91; 4.3027 * 0.01 / sqrt(3) = 2.48%
 
 
 def test_baseline_pairs_each_experiment_with_its_batch_size(sweep_dir):
-    rows = compare.with_baseline(results.group_rows(results.load_records(sweep_dir)[0]),
+    rows = tables.with_baseline(tables.group_rows(store.load_records(sweep_dir)[0]),
                                  "model.norm.type=batch")
     gn2 = next(r for r in rows if "type=group" in r["config"] and "batch_size=2" in r["config"])
     assert "train.batch_size=2" in gn2["baseline"]
@@ -71,7 +71,7 @@ def test_baseline_pairs_each_experiment_with_its_batch_size(sweep_dir):
     bn2 = next(r for r in rows if "type=batch" in r["config"] and "batch_size=2" in r["config"])
     assert bn2["delta_acc"] == 0.0 and bn2["p_value"] is None
     with pytest.raises(NormbenchError, match="matches no experiment"):
-        compare.with_baseline(rows, "model.norm.type=frn")
+        tables.with_baseline(rows, "model.norm.type=frn")
 
 
 def test_cli_compare_views(sweep_dir):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbench import data, spec as specs
+from normbench import data, grid, spec as specs
 from normbench.errors import NormbenchError
 
 ROOT = Path(__file__).parents[1]
@@ -131,7 +131,7 @@ def test_fashion_mnist_corrupted_file_is_reported(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_offline_without_files_is_a_clear_error(tmp_path, monkeypatch):
-    pytest.importorskip("keras")
+    import keras  # noqa: F401 - a hard dependency
     monkeypatch.setenv("NORMBENCH_FASHION_MNIST_DIR", str(tmp_path / "absent"))
     import keras
 
@@ -207,7 +207,7 @@ def _fake_mnist(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def mnist_server(server, tmp_path, monkeypatch):
-    pytest.importorskip("keras")
+    import keras  # noqa: F401 - a hard dependency
     base, root, requests = server
     (root / "good").mkdir()
     (root / "bad").mkdir()
@@ -275,7 +275,7 @@ def _fake_fashion(root: Path) -> dict[str, str]:
 
 
 def test_fashion_download_corrupted_cache_is_fetched_again(server, tmp_path, monkeypatch, caplog):
-    pytest.importorskip("keras")
+    import keras  # noqa: F401 - a hard dependency
     base, root, requests = server
     monkeypatch.setattr(data, "FASHION_IDX_SHA256", _fake_fashion(root))
     monkeypatch.setattr(data, "FASHION_ORIGIN", base)
@@ -292,3 +292,45 @@ def test_fashion_download_corrupted_cache_is_fetched_again(server, tmp_path, mon
     with pytest.raises(NormbenchError, match="checksum mismatch .* the server sent a corrupted file"):
         data.load("fashion-mnist")
     assert not cached.exists()
+
+
+def test_only_network_errors_fall_back(tmp_path, monkeypatch):
+    """Connection refused falls back to mnist-10k; an unusable cache directory or a full disk
+    is an error naming the path (falling back would hide a problem the user can fix)."""
+    import keras  # noqa: F401 - a hard dependency
+    monkeypatch.setattr(data, "MNIST_ORIGIN", "http://127.0.0.1:9/mnist.npz")  # discard: refused
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    assert data.load("mnist").provenance["name"] == "mnist-10k"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(NormbenchError, match=f"cannot download into {blocker}/cache/datasets"):
+        data.load("mnist")
+    monkeypatch.setenv("NORMBENCH_CACHE_DIR", str(tmp_path / "full"))
+
+    def full_disk(url, filename, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", full_disk)
+    import keras.src.utils.file_utils as file_utils
+
+    monkeypatch.setattr(file_utils, "urlretrieve", full_disk, raising=False)
+    with pytest.raises(NormbenchError, match="No space left on device"):
+        data.load("mnist")
+
+
+def test_network_error_classification():
+    import urllib.error
+
+    try:
+        try:
+            raise urllib.error.URLError("refused")
+        except urllib.error.URLError:
+            raise Exception("URL fetch failure")  # what Keras raises, the URLError as context
+    except Exception as wrapped:
+        assert data.network_error(wrapped)
+    assert not data.network_error(PermissionError(13, "Permission denied"))
+    assert not data.network_error(OSError(28, "No space left on device"))
+    assert data.network_error(TimeoutError())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from normbench import norms, spec as specs  # noqa: E402
+from normbench import grid, norms, spec as specs  # noqa: E402
 from normbench.layers import FilterResponseNormalization, RMSNormalization, WSConv2D  # noqa: E402
 from normbench.verify import rel_error  # noqa: E402
 

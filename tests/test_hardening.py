@@ -65,6 +65,21 @@ SPECS = [
     ("jit_compile maybe", b"name: a\ntrain: {jit_compile: maybe}\n", [], "train.jit_compile"),
     ("steps_per_execution 0", b"name: a\ntrain: {steps_per_execution: 0}\n", [],
      "train.steps_per_execution"),
+    ("unknown arch", b"name: a\nmodel: {arch: resnet}\n", [], "unknown arch 'resnet'"),
+    ("conv_filters 0", b"name: a\nmodel: {conv_filters: 0}\n", [], "model.conv_filters"),
+    ("dense_units a list", b"name: a\nmodel: {dense_units: [1]}\n", [], "model.dense_units"),
+    ("dropout 1", b"name: a\nmodel: {dropout: 1.0}\n", [], "model.dropout"),
+    ("widths empty", b"name: a\nmodel: {arch: convnet, widths: []}\n", [], "model.widths"),
+    ("center a string", b"name: a\nmodel: {norm: {center: maybe}}\n", [], "model.norm.center"),
+    ("scale a number", b"name: a\nmodel: {norm: {scale: 2}}\n", [], "model.norm.scale"),
+    ("unknown beta_initializer", b"name: a\nmodel: {norm: {beta_initializer: x}}\n", [],
+     "model.norm.beta_initializer"),
+    ("momentum 1", b"name: a\nmodel: {norm: {type: batch, momentum: 1.0}}\n", [],
+     "model.norm.momentum"),
+    ("epsilon underflows float32", b"name: a\nmodel: {norm: {epsilon: 1.0e-50}}\n", [],
+     "not representable in float32"),
+    ("unknown lr_scaling", b"name: a\ntrain: {lr_scaling: cubic}\n", [], "train.lr_scaling"),
+    ("base_batch_size 0", b"name: a\ntrain: {base_batch_size: 0}\n", [], "train.base_batch_size"),
 ]
 if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads any file
     SPECS.append(("unreadable file", "UNREADABLE", [], "permission denied"))
@@ -147,8 +162,27 @@ def test_malformed_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path, 
     assert _tree(tmp_path) == before
 
 
-def test_the_corpus_is_at_least_thirty_cases():
-    assert len(SPECS) + len(COMMANDS) >= 30
+def _leaf_fields(model, prefix: str = "") -> list[str]:
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out += _leaf_fields(kind, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def test_every_spec_field_is_attacked_by_a_malformed_case():
+    """A field added to the schema without a malformed-input case here fails this test."""
+    from normbench.spec import Spec
+
+    text = " ".join(str(c[1]) + " " + c[3] for c in SPECS) + " " + " ".join(
+        " ".join(c[1]) + " " + c[2] for c in COMMANDS)
+    untested = [f for f in _leaf_fields(Spec) if f.rsplit(".", 1)[-1] not in text]
+    assert untested == [], f"no malformed case for {untested}"
 
 
 def test_accepted_variants_of_good_input(tmp_path):
@@ -167,7 +201,7 @@ def test_accepted_variants_of_good_input(tmp_path):
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from normbench import cli, norms, spec as specs  # noqa: E402
+from normbench import cli, grid, norms, spec as specs  # noqa: E402
 
 FIELDS = {
     "model": ["arch", "conv_filters", "dense_units", "dropout", "widths", "norm"],
@@ -349,13 +383,13 @@ def test_kill_9_mid_epoch_keeps_finished_runs_and_the_next_invocation_recovers(t
 
 KILL_IN_WRITE = """
 import os, signal, sys
-from normbench import cli, results
+from normbench import cli, store
 real = os.replace
 def replace(src, dst, *a, **k):
     if str(dst).endswith("metrics.json"):  # the tmp file is written; the rename never happens
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst, *a, **k)
-results.os.replace = replace
+store.os.replace = replace
 sys.argv = ["normbench", *sys.argv[1:]]
 cli.main()
 """
@@ -370,14 +404,14 @@ def test_kill_9_while_writing_a_run_leaves_no_half_run_and_is_recovered(tmp_path
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     runs = results_dir / "runs"
-    staging = [p for p in runs.iterdir() if p.name.startswith(".torn-")]
+    staging = [p for p in (runs / ".tmp").iterdir() if p.name.startswith("torn-")]
     assert staging and (staging[0] / "spec.yaml").is_file()  # died mid-write, for real
     assert not any(p.name.startswith("torn-") for p in runs.iterdir())
-    after = {k: v for k, v in _snapshot(results_dir).items() if "/.torn-" not in k}
+    after = {k: v for k, v in _snapshot(results_dir).items() if "/.tmp/" not in k}
     assert after == before
     again = _cli(args, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert not any(p.name.startswith(".torn-") for p in runs.iterdir())  # leftovers cleaned
+    assert not any(p.name.startswith("torn-") for p in (runs / ".tmp").iterdir())  # cleaned
     assert any(p.name.startswith("torn-") and (p / "metrics.json").is_file() for p in runs.iterdir())
 
 

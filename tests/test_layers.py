@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from normbench import layers  # noqa: E402
 from normbench.layers import GroupNormalization, InstanceNormalization  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
 from normbench import layers  # noqa: E402
 from normbench.verify import rel_error  # noqa: E402

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench import norms, spec as specs
+from normbench import grid, norms, spec as specs
 from normbench.errors import NormbenchError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -19,7 +19,7 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
 
 
 def load_text(tmp_path: Path, text: str, *overrides: str) -> specs.Spec:
-    return specs.load(write(tmp_path, text), overrides)
+    return grid.load(write(tmp_path, text), overrides)
 
 
 def test_defaults_reproduce_the_tutorial():
@@ -34,16 +34,16 @@ def test_defaults_reproduce_the_tutorial():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid_and_named_after_their_file(path):
-    runs = specs.load_runs(path)
+    runs = grid.load_runs(path)
     assert {r.name for r in runs} == {path.stem}
     if "sweep" in path.stem:  # the shipped sweeps: 5 norms x 6 batch sizes, or 4 group counts, x 3 seeds
         assert len(runs) in (90, 12) and {r.train.seed for r in runs} == {0, 1, 2}
 
 
 def test_shipped_tutorial_configs():
-    gn = specs.load(CONFIGS[0].parent / "groupnorm.yaml")
+    gn = grid.load(CONFIGS[0].parent / "groupnorm.yaml")
     assert (gn.model.norm.type, gn.model.norm.groups) == ("group", 5)
-    inorm = specs.load(CONFIGS[0].parent / "instancenorm.yaml")
+    inorm = grid.load(CONFIGS[0].parent / "instancenorm.yaml")
     assert inorm.model.norm.type == "instance" and inorm.model.norm.groups is None
     assert inorm.model.norm.beta_initializer == inorm.model.norm.gamma_initializer == "random_uniform"
 
@@ -55,7 +55,7 @@ def test_spec_is_frozen():
 
 
 def test_name_defaults_to_the_file_stem(tmp_path):
-    assert specs.load(write(tmp_path, "dataset: mnist-10k\n", "my-exp.yaml")).name == "my-exp"
+    assert grid.load(write(tmp_path, "dataset: mnist-10k\n", "my-exp.yaml")).name == "my-exp"
 
 
 def test_scientific_notation_is_a_float(tmp_path):
@@ -93,7 +93,7 @@ def test_hashes(tmp_path):
 
 def test_resolved_yaml_round_trips(tmp_path):
     s = load_text(tmp_path, "name: a\nmodel: {norm: {type: in, epsilon: 1e-5}}\n")
-    again = specs.load(write(tmp_path, specs.to_yaml(s), "r.yaml"))
+    again = grid.load(write(tmp_path, specs.to_yaml(s), "r.yaml"))
     assert again == s
     assert "epsilon: 1.0e-05" in specs.to_yaml(s)
 
@@ -104,7 +104,7 @@ def test_smoke_spec_trains_one_epoch(tmp_path):
 
 
 def test_initializer_names_exist_in_keras_and_fit_1d_weights():
-    keras = pytest.importorskip("keras")
+    import keras
     for name in specs.INITIALIZERS:
         assert keras.initializers.get(name)(shape=(4,)).shape == (4,)
 
@@ -177,13 +177,67 @@ def test_bad_specs_fail_with_one_line(tmp_path, text, fragment, overrides):
     (lambda p: p, "is a directory"),
     (lambda p: (p / "b.yaml").write_bytes(b"\x00\x01\x02binary") and p / "b.yaml", "binary file"),
     (lambda p: (p / "l.yaml").write_bytes("name: caf\xe9\n".encode("latin-1")) and p / "l.yaml", "not UTF-8"),
-    (lambda p: (p / "h.yaml").write_text("#" * (specs.MAX_SPEC_BYTES + 1)) and p / "h.yaml", "too large"),
+    (lambda p: (p / "h.yaml").write_text("#" * (grid.MAX_SPEC_BYTES + 1)) and p / "h.yaml", "too large"),
 ])
 def test_unreadable_files(tmp_path, make, fragment):
     with pytest.raises(NormbenchError, match=fragment):
-        specs.load(make(tmp_path))
+        grid.load(make(tmp_path))
 
 
 def test_every_registry_norm_validates(tmp_path):
     for name in norms.NORMS:
         assert load_text(tmp_path, f"name: a\nmodel: {{norm: {{type: {name}}}}}\n").model.norm.type == name
+
+
+# ---------------------------------------------------------------------------------------------
+# Run ids survive new spec fields
+
+
+def test_run_ids_are_pinned():
+    """Any change to how run ids are computed re-trains every user's finished runs: it must be
+    deliberate (and then this literal changes with a note in the README)."""
+    from normbench import store
+
+    spec = grid.load(CONFIGS[0].parent / "groupnorm.yaml", ["dataset=mnist-10k", "train.epochs=3"])
+    assert store.run_id(spec.name, specs.spec_hash(spec), False) == "groupnorm-af23cbceea5a"
+    assert specs.identity(spec) == {"name": "groupnorm", "dataset": "mnist-10k",
+                                    "model": {"widths": None, "norm": {"momentum": None}},
+                                    "train": {"epochs": 3}}
+
+
+def _newer_schema():
+    """The schema as a later normbench might have it: a new training field at its default, and
+    a tracking field that changes nothing trained."""
+    from pydantic import Field
+
+    class NewTrain(specs.TrainSpec):
+        warmup_epochs: int = 0
+        track_to: str | None = Field(None, json_schema_extra=specs.OUTSIDE_IDENTITY)
+
+    class NewSpec(specs.Spec):
+        train: NewTrain = NewTrain()
+
+    return NewSpec
+
+
+def test_a_new_field_at_its_default_keeps_every_run_id(tmp_path):
+    NewSpec = _newer_schema()
+    for config in CONFIGS:
+        for old in grid.load_runs(config)[:6]:
+            new = NewSpec.model_validate(specs.to_dict(old))
+            assert specs.spec_hash(new) == specs.spec_hash(old), config.name
+            assert specs.spec_hash(new, without_seed=True) == specs.spec_hash(old, without_seed=True)
+            tracked = new.model_copy(update={"train": new.train.model_copy(update={"track_to": "x"})})
+            assert specs.spec_hash(tracked) == specs.spec_hash(old)  # outside the identity
+            changed = new.model_copy(update={"train": new.train.model_copy(update={"warmup_epochs": 2})})
+            assert specs.spec_hash(changed) != specs.spec_hash(old)
+
+
+def test_a_results_directory_from_before_a_new_field_resumes_with_nothing_to_do(tmp_path):
+    from normbench import bench, sweep
+
+    spec_file = bench._fake_records(tmp_path, 100)  # finished runs, written by "this" version
+    NewSpec = _newer_schema()
+    newer = [NewSpec.model_validate(specs.to_dict(s)) for s in grid.load_runs(spec_file)]
+    planned = sweep.plan(newer, False, tmp_path)
+    assert len(planned) == 100 and sum(not p.done for p in planned) == 0

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-pytest.importorskip("tensorflow")
+import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from normbench import data, layers, norms, spec as specs, sweep, train  # noqa: E402
+from normbench import data, grid, layers, norms, spec as specs, store, sweep, train  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
@@ -23,7 +23,7 @@ from normbench.models import build_model  # noqa: E402
 def _spec(tmp_path, *overrides):
     path = tmp_path / "s.yaml"
     path.write_text("name: s\ndataset: mnist-10k\nmodel: {norm: {type: group, groups: 5}}\n")
-    return specs.load(path, list(overrides))
+    return grid.load(path, list(overrides))
 
 
 def _model(spec):
@@ -129,7 +129,7 @@ def test_a_nan_loss_stops_training_and_marks_the_run_diverged(tmp_path):
     spec = specs.for_smoke(_spec(tmp_path, "model.norm.type=none", "train.learning_rate=1e30",
                                  "train.optimizer=sgd"))
     record = train.run_one(spec, smoke=True, quiet=True)
-    assert record.status == "diverged" and not np.isfinite(record.history[-1]["loss"])
+    assert record.status == "diverged" and not np.isfinite(record.history[-1].loss)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,

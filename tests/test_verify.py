@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("tensorflow")
+import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
 from typer.testing import CliRunner  # noqa: E402
 

@@ -1,0 +1,224 @@
+"""Terminal output shared by the CLI, sweeps, training and benchmarks (rich), printed literally.
+
+Text that comes from users, files or libraries (paths, spec names, warnings, error messages) may
+hold `[...]` or `:name:`; it is never read as rich markup or emoji. Styles are applied by code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any, Iterable
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from normbench import tables
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped or captured output is not cut to 80 columns: it is read by programs and in files.
+    width = None if stderr or stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True,
+                   width=width)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+
+
+def tolerate_any_encoding() -> None:
+    """With PYTHONIOENCODING=ascii (or a C locale) print '?' for what the terminal cannot show
+    instead of dying with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError):
+            pass
+
+
+def say(text: str) -> None:
+    """A line on stdout, literally."""
+    out.print(Text(text), soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """A line on stderr, literally."""
+    err.print(Text(text), soft_wrap=True)
+
+
+def error(text: str) -> None:
+    err.print(Text(f"error: {text}"), soft_wrap=True)
+
+
+def warning(text: str) -> None:
+    err.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: numbers stay whole; text columns wrap; whole columns are dropped (least useful first)
+# only when even that does not fit the terminal.
+
+HEADERS = {"test_acc_mean": "acc %", "test_acc_std": "std (pts)", "test_acc_best": "best acc %",
+           "test_acc_ci95": "± 95% CI (pts)", "test_err_mean": "error %",
+           "test_err_ci95": "± 95% CI (pts)", "delta_acc": "Δ acc (pts)",
+           "test_loss_mean": "loss", "first_epoch_s": "1st epoch s", "steady_epoch_s": "s/epoch",
+           "samples_per_s": "samples/s", "steady_samples_per_s": "samples/s", "impl_used": "impl",
+           "batch_size": "batch", "test_accuracy": "acc %", "test_loss": "loss",
+           "p_value": "p (Welch)"}
+TEXT_COLUMNS = ("name", "config", "dataset", "norm", "impl", "impl_used", "run_id", "baseline",
+                "note", "diverged_reason", "what", "state", "path")
+# Dropped in this order when the terminal is too narrow; accuracy, error and CI columns never are.
+DROP_ORDER = ("first_epoch_s", "steady_epoch_s", "samples_per_s", "steady_samples_per_s",
+              "test_loss_mean", "test_loss", "impl", "impl_used", "smoke", "dataset", "epochs",
+              "seed", "note", "baseline")
+
+
+def _cell(column: str, value: Any) -> str:
+    text = tables.fmt(column, value)
+    if column in ("test_acc_mean", "test_acc_best", "test_err_mean", "test_accuracy"):
+        return text.rstrip("%")  # the header says %
+    if column.endswith("_ci95") or column == "test_acc_std":
+        return text.removesuffix(" pts")
+    if column == "delta_acc":
+        return text.removesuffix(" pts")
+    return text
+
+
+def _build(rows: list[dict], columns: list[str], title: str) -> Table:
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD,
+                  safe_box=True)
+    for column in columns:
+        text = column in TEXT_COLUMNS or column not in tables.GROUP_COLUMNS + tables.RUN_COLUMNS \
+            and not any(isinstance(r.get(column), (int, float)) for r in rows)
+        table.add_column(Text(HEADERS.get(column, column)), justify="left" if text else "right",
+                         no_wrap=not text, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(_cell(c, row.get(c))) for c in columns),
+                      style="bold green" if row.get("best") else None)
+    return table
+
+
+def table(rows: list[dict], columns: Iterable[str], title: str, console: Console = out) -> Table:
+    """A table of `rows` that fits the console: optional columns nobody needs are left out;
+    when still too wide, text columns wrap, then columns in DROP_ORDER go."""
+    shown = tables.shown_columns(rows, columns)
+    built = _build(rows, shown, title)
+    width = console.width
+    for column in DROP_ORDER:
+        if built.__rich_measure__(console, console.options).minimum <= width:
+            break
+        if column in shown:
+            shown = [c for c in shown if c != column]
+            built = _build(rows, shown, title)
+    return built
+
+
+MAX_TABLE_ROWS = 500  # beyond this, listings are plain lines: rich lays tables out in O(rows)
+
+
+def show(rows: list[dict], columns: Iterable[str], title: str) -> None:
+    out.print(table(rows, columns, title))
+
+
+def lines(title: str, body: list[str]) -> None:
+    """A long listing, written as plain lines (literal text, no layout)."""
+    out.file.write(title + "\n" + "\n".join(body) + "\n")
+    out.file.flush()
+
+
+def plain_table(title: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """A table of ready-made strings (benchmarks): first column text, the rest numbers."""
+    built = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, safe_box=True)
+    for i, column in enumerate(columns):
+        built.add_column(Text(column), justify="left" if i == 0 else "right", no_wrap=i != 0,
+                         overflow="fold")
+    for row in rows:
+        built.add_row(*(Text(str(c)) for c in row))
+    out.print(built)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class EpochProgress:
+    """A progress bar per epoch on stderr, and one line per finished epoch (training)."""
+
+    def __init__(self, title: str, epochs: int, steps: int):
+        self.title, self.epochs, self.steps = title, epochs, steps
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def epoch_begin(self, epoch: int) -> None:
+        self.task = self.bar.add_task(f"{self.title} epoch {epoch + 1}/{self.epochs}",
+                                      total=self.steps)
+
+    def steps_done(self, steps: int) -> None:
+        self.bar.update(self.task, completed=steps)
+
+    def epoch_end(self, epoch: int, loss: float, accuracy: float, seconds: float) -> None:
+        self.bar.remove_task(self.task)
+        note(f"  epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  "
+             f"accuracy {100 * accuracy:.2f}%  {seconds:.1f} s")
+
+
+def sweep_progress(total: int, title: str, disable: bool) -> tuple[Progress, Any]:
+    """A bar for a sweep: runs done / total, and what each worker is doing."""
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[running]}", markup=False), console=err, disable=disable)
+    task = bar.add_task(title, total=total, running="")
+    return bar, task
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorFlow's own C++ log lines (oneDNN notes, CUDA probes, absl's preamble) are printed to the
+# process's stderr before TF's log level applies; a user of normbench sees normbench's lines.
+# `normbench -v ...` (NORMBENCH_VERBOSE=1) lets them through.
+
+
+def verbose() -> bool:
+    return os.environ.get("NORMBENCH_VERBOSE", "") not in ("", "0")
+
+
+def quiet_tensorflow():
+    """Import TensorFlow (and probe its devices, where CUDA logs its failure) with file
+    descriptor 2 sent to a temporary file; what was printed is replayed only if that fails or
+    in verbose mode. Returns the tensorflow module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    if verbose():
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf

@@ -1,0 +1,256 @@
+"""Spec files in: YAML (strict, safe), `-s` overrides, `sweep:` x `seeds:` expansion into Specs."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from normbench.errors import NormbenchError
+from normbench.spec import Spec, for_smoke, spec_hash, validate
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            try:
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        # A few lines of nested aliases ("billion laughs") expand to gigabytes; a spec has
+        # nothing to repeat, so anchors and aliases are refused outright.
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise NormbenchError(f"{where}: YAML alias *{event.anchor} (line {mark.line + 1}):"
+                                     " anchors and aliases are not allowed in a spec")
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        raise NormbenchError(f"{where}: invalid YAML: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise NormbenchError(f"{where}: invalid YAML{at}: {problem}") from None
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or a NormbenchError saying in one line why it cannot be a spec."""
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise NormbenchError(f"{path}: is a directory, not a spec file")
+        if not path.is_file():  # a FIFO or device would block or never end
+            raise NormbenchError(f"{path}: not a regular file")
+        if size > MAX_SPEC_BYTES:
+            raise NormbenchError(f"{path}: {size} bytes is too large for a spec (limit {MAX_SPEC_BYTES})")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NormbenchError(f"{path}: no such file") from None
+    except PermissionError:
+        raise NormbenchError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise NormbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if b"\0" in data:
+        raise NormbenchError(f"{path}: binary file, not a YAML spec")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NormbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def apply_override(doc: dict, override: str) -> None:
+    """Apply one `-s path=value` (value parsed as YAML) to the raw spec mapping, in place."""
+    path, sep, raw = override.partition("=")
+    keys = path.strip().split(".")
+    if not sep or not all(k.strip() for k in keys):
+        raise NormbenchError(f"-s {override!r}: expected PATH=VALUE, e.g. -s train.epochs=3")
+    value = parse_yaml(raw, f"-s {override!r}") if raw.strip() else raw
+    if keys[0] == "sweep" and len(keys) > 1:  # sweep axes are dotted paths themselves
+        keys = ["sweep", ".".join(keys[1:])]
+    _set_path(doc, keys, value, f"-s {override!r}")
+
+
+MAX_RUNS = 10_000
+
+
+def _set_path(doc: dict, keys: list[str], value: Any, what: str) -> None:
+    node = doc
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise NormbenchError(f"{what}: {'.'.join(keys[:depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_sweep_option(option: str) -> tuple[str, list]:
+    """`--sweep path=a,b,c` -> (path, [a, b, c]), each value read as YAML."""
+    path, sep, raw = option.partition("=")
+    if not sep or not path.strip() or not raw.strip():
+        raise NormbenchError(f"--sweep {option!r}: expected PATH=V1,V2,..., e.g. "
+                             "--sweep train.batch_size=2,8,32")
+    return path.strip(), [parse_yaml(v, f"--sweep {option!r}") for v in raw.split(",")]
+
+
+def _grid(doc: dict, where: str, sweeps: list[tuple[str, list]]) -> tuple[dict[str, list], list]:
+    sweep = doc.pop("sweep", None)
+    seeds = doc.pop("seeds", None)
+    if sweep is None:
+        sweep = {}
+    if not isinstance(sweep, dict):
+        raise NormbenchError(f"{where}: sweep: expected a mapping of field paths to lists, e.g. "
+                             "{train.batch_size: [2, 8, 32]}")
+    sweep = dict(sweep)
+    sweep.update(sweeps)
+    for key, values in sweep.items():
+        if not isinstance(key, str) or not isinstance(values, list) or not values:
+            raise NormbenchError(f"{where}: sweep.{key}: expected a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise NormbenchError(f"{where}: sweep.{key}: repeated values in {values}")
+    if seeds is None:
+        seeds = []
+    elif isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+        raise NormbenchError(f"{where}: seeds: expected a count (e.g. 3) or a list of seeds")
+    elif isinstance(seeds, int):
+        if not 1 <= seeds <= 1000:
+            raise NormbenchError(f"{where}: seeds: a count must be 1..1000, got {seeds}")
+        seeds = list(range(seeds))
+    elif not seeds or len(set(map(str, seeds))) != len(seeds) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds):
+        raise NormbenchError(f"{where}: seeds: a list must hold distinct integers >= 0, got {seeds}")
+    return sweep, seeds
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What one spec file describes: the base document (overrides applied), its sweep axes and
+    seeds, and every run, validated, in grid order (seed varying fastest)."""
+
+    path: Path
+    base: dict
+    axes: dict[str, list]
+    seeds: list[int]
+    runs: list[Spec]
+
+
+def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+              sweeps: tuple[str, ...] | list[str] = ()) -> Grid:
+    """Read one spec file, apply overrides and sweep options, and validate every grid point.
+
+    Invalid grid points are all reported at once, one per line, before anything runs; grid points
+    that resolve to the same run (aliases such as gn/group, or a value equal to the default) are
+    an error too, since a sweep that counts one run three times misleads."""
+    path = Path(path)
+    where = str(path)
+    doc = parse_yaml(read_text(path), where)
+    if not isinstance(doc, dict):
+        validate(doc, where)  # raises: not a mapping
+    for override in overrides:
+        apply_override(doc, override)
+    doc.setdefault("name", path.stem)
+    axes, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps])
+    points = list(itertools.product(*axes.values()))
+    if len(points) * max(1, len(seeds)) > MAX_RUNS:
+        raise NormbenchError(f"{where}: the sweep has {len(points) * max(1, len(seeds))} runs "
+                             f"(limit {MAX_RUNS})")
+    runs, labels, errors = [], [], []
+    for point in points:
+        point_doc = copy.deepcopy(doc)
+        assignment = dict(zip(axes, point))
+        for key, value in assignment.items():
+            _set_path(point_doc, key.split("."), value, f"{where}: sweep {key}")
+        for seed in seeds or [None]:
+            label = dict(assignment, **({"train.seed": seed} if seed is not None else {}))
+            text = ", ".join(f"{k}={_short(v)}" for k, v in label.items())
+            if seed is not None:
+                run_doc = {**point_doc, "train": {**(point_doc.get("train") or {}), "seed": seed}} \
+                    if isinstance(point_doc.get("train", {}), dict) else point_doc
+            else:
+                run_doc = point_doc
+            try:
+                runs.append(validate(run_doc, f"{where}" + (f" [{text}]" if text else "")))
+                labels.append(text)
+            except NormbenchError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise NormbenchError("\n".join(dict.fromkeys(errors)))
+    seen: dict[str, str] = {}
+    for spec, text in zip(runs, labels):
+        key = spec_hash(spec)
+        if key in seen:
+            raise NormbenchError(f"{where}: sweep points [{seen[key]}] and [{text}] are the same run "
+                                 "(aliases or default values resolve alike); remove the repeat")
+        seen[key] = text
+    return Grid(path, doc, axes, seeds, runs)
+
+
+def load_runs(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+              sweeps: tuple[str, ...] | list[str] = ()) -> list[Spec]:
+    """Every run one spec file describes: its sweep grid x seeds (or just itself), validated."""
+    return load_grid(path, overrides, sweeps).runs
+
+
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
+    """Read, override and validate a spec file that describes one run."""
+    runs = load_runs(path, overrides)
+    if len(runs) != 1:
+        raise NormbenchError(f"{path}: describes {len(runs)} runs (a sweep); expected one")
+    return runs[0]
+
+
+def sets_epochs(overrides: tuple[str, ...] | list[str]) -> bool:
+    """Whether the `-s` overrides set train.epochs (which then wins over --smoke's one epoch)."""
+    return any(o.partition("=")[0].strip() == "train.epochs" for o in overrides)
+
+
+def smoke(runs: list[Spec], overrides: tuple[str, ...] | list[str] = ()) -> list[Spec]:
+    """The specs --smoke trains: one epoch each, unless `-s train.epochs=N` says otherwise."""
+    keep = sets_epochs(overrides)
+    return [for_smoke(s, keep_epochs=keep) for s in runs]
+
+
+def describe(grid: Grid) -> str:
+    """YAML for people: the base spec (first run, resolved) and the sweep axes and seeds."""
+    from normbench.spec import to_dict
+
+    text = yaml.safe_dump(to_dict(grid.runs[0]), sort_keys=False)
+    if grid.axes or grid.seeds:
+        text += yaml.safe_dump({"sweep": grid.axes, **({"seeds": grid.seeds} if grid.seeds else {})},
+                               sort_keys=False, default_flow_style=None)
+        text += f"# {len(grid.runs)} runs: the product of the axes x seeds; shown: the first\n"
+    return text

@@ -1,0 +1,296 @@
+"""Run records on disk: the record schema, atomic writes, per-run claims, and loading.
+
+A results directory holds `runs/<run_id>/{spec.yaml, history.csv, metrics.json}`. A run directory
+appears whole (staged in `runs/.tmp/`, then renamed); `runs/.claims/<run_id>.lock` is held while a
+process trains or saves that run. Every record read back is untrusted input: it is validated field
+by field, and one that fails is skipped with a reason, never trusted and never crashes a reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from normbench.errors import NormbenchError
+
+NAME = r"[A-Za-z0-9_-]{1,64}"  # a spec name (spec.Spec.name): safe as part of a file name
+RUN_ID = re.compile(rf"({NAME})-[0-9a-f]{{12}}")  # run_id(): spec name, content hash
+MIN_FREE_BYTES = 64 << 20  # below this, a run could finish training and then fail to save
+FINAL = ("finished", "diverged")  # statuses that count as done: a sweep does not run them again
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "time_s")
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Seconds = Annotated[float, Field(ge=0.0)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are ignored (newer versions may add fields); known ones must have their type:
+    # no strings for numbers, no booleans for accuracies. NaN losses round-trip as NaN.
+    model_config = ConfigDict(extra="ignore", strict=True, ser_json_inf_nan="constants")
+
+
+class DatasetInfo(_Strict):
+    """Which data a run used: asked for (`requested`) and actually loaded (`name`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    requested: str
+    name: str
+    n_train: Annotated[int, Field(ge=1)]
+    n_test: Annotated[int, Field(ge=1)]
+    sha256: str
+    source: str = ""
+    warning: str | None = None
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the run trained on other data than its spec asked for (offline mnist)."""
+        return self.name != self.requested
+
+
+class Epoch(_Strict):
+    epoch: Annotated[int, Field(ge=1)]
+    loss: float  # NaN/Inf when the run diverged
+    accuracy: Fraction
+    time_s: Seconds
+
+
+class RunRecord(_Strict):
+    """Everything one finished run measured; saved as runs/<run_id>/metrics.json."""
+
+    run_id: str
+    name: Annotated[str, Field(pattern=rf"^{NAME}$")]
+    status: Literal["finished", "diverged"]
+    diverged_reason: str | None = None  # why a run counts as diverged (non-finite loss, ...)
+    spec_hash: str
+    config_hash: str  # spec_hash without the seed: runs that differ only by seed share it
+    smoke: bool
+    dataset: DatasetInfo
+    norm_type: str
+    norm_groups: Annotated[int, Field(ge=1)] | None
+    impl_requested: str
+    impl_used: str
+    params: Count
+    epochs: Annotated[int, Field(ge=1)]  # epochs actually trained (fewer when it diverged)
+    batch_size: Annotated[int, Field(ge=1)]
+    seed: Count
+    test_accuracy: Fraction
+    test_loss: float
+    train_accuracy: Fraction
+    train_loss: float
+    epoch_times_s: list[Seconds]
+    first_epoch_s: Seconds
+    steady_epoch_s: Seconds
+    steady_samples_per_s: Seconds
+    steady_basis: str
+    total_s: Seconds
+    started: str
+    finished: str
+    env: dict[str, Any]
+    warnings: list[str] = []
+    history: Annotated[list[Epoch], Field(min_length=1)]
+    spec: dict[str, Any] = {}  # the resolved spec, for --where/--by and plots
+    learning_rate: float | None = None  # after train.lr_scaling
+    compiled: str | None = None  # XLA use: step (whole train step), kernels (norm, optimizer), none
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value: str) -> str:
+        if not RUN_ID.fullmatch(value):
+            raise ValueError(f"{value[:80]!r} is not of the form NAME-HASH12")
+        return value
+
+
+def run_dir(results_dir: Path, rid: str) -> Path:
+    """results_dir/runs/<rid>, refusing any id that could name a path outside runs/."""
+    if not isinstance(rid, str) or not RUN_ID.fullmatch(rid):
+        raise NormbenchError(f"run id {str(rid)[:80]!r} is not of the form NAME-HASH12; refusing "
+                             "to use it as a path")
+    return results_dir / "runs" / rid
+
+
+def run_id(name: str, spec_hash: str, smoke: bool) -> str:
+    """The run's identity: the spec name and a hash of its spec identity (spec.identity: the
+    fields that differ from their defaults, seed included) and of the smoke flag."""
+    digest = hashlib.sha256(f"{spec_hash}:{'smoke' if smoke else 'full'}".encode()).hexdigest()
+    return f"{name}-{digest[:12]}"
+
+
+def inspect(entry: Path) -> tuple[RunRecord | None, str | None]:
+    """(record, None) for a complete, valid run directory; else (None, why it is not one).
+
+    `run` (is it finished?) and `compare` (what to show) both decide through this function, so
+    they always agree."""
+    if entry.is_symlink():
+        return None, "a symbolic link (not followed: runs live inside runs/)"
+    if not entry.is_dir():
+        return None, "not a run directory"
+    metrics = entry / "metrics.json"
+    try:
+        raw = metrics.read_bytes()
+    except FileNotFoundError:
+        return None, "no metrics.json"
+    except OSError as exc:
+        return None, f"unreadable metrics.json: {exc.strerror or exc}"
+    try:
+        record = RunRecord.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "(top)"
+        return None, f"invalid metrics.json: {where}: {first['msg']} ({exc.error_count()} error(s))"
+    except ValueError as exc:
+        return None, f"invalid metrics.json: {str(exc).splitlines()[0][:120]}"
+    if not (entry / "spec.yaml").is_file():
+        return None, "no spec.yaml (a run directory is written whole)"
+    if record.run_id != entry.name:
+        return None, f"its metrics.json is for run {record.run_id!r}"
+    return record, None
+
+
+def finished(results_dir: Path, rid: str) -> RunRecord | None:
+    """The run's record if it is done (finished or diverged) and intact, else None (also for
+    an id that is not a run id)."""
+    try:
+        return inspect(run_dir(results_dir, rid))[0]
+    except NormbenchError:
+        return None
+
+
+def scan(results_dir: Path) -> tuple[dict[str, RunRecord], list[tuple[str, str]]]:
+    """Every valid record by run id, and (entry, reason) for each entry of runs/ skipped."""
+    runs = results_dir / "runs"
+    records, skipped = {}, []
+    if not runs.is_dir():
+        return records, skipped
+    with os.scandir(runs) as entries:
+        names = sorted(e.name for e in entries if not e.name.startswith("."))  # .tmp, .claims
+    for name in names:
+        record, why = inspect(runs / name)
+        if record is None:
+            skipped.append((name, why))
+        else:
+            records[name] = record
+    return records, skipped
+
+
+def load_records(results_dir: Path) -> tuple[list[RunRecord], list[tuple[str, str]]]:
+    """All valid run records (oldest first), and (entry, reason) for each one skipped."""
+    records, skipped = scan(results_dir)
+    return sorted(records.values(), key=lambda r: (r.started, r.run_id)), skipped
+
+
+def claim(results_dir: Path, rid: str) -> FileLock | None:
+    """Hold the run's lock (released by the OS if the process dies), or None if another holds it."""
+    run_dir(results_dir, rid)  # a valid id, or NormbenchError
+    claims = results_dir / "runs" / ".claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(claims / f"{rid}.lock"), mode=0o666)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    # Nobody is running it now: a staging directory of it is what a killed writer left behind.
+    staging = results_dir / "runs" / ".tmp"
+    if staging.is_dir():
+        for stale in staging.glob(f"{rid}.*"):
+            _remove(stale)
+    return lock
+
+
+def prepare(results_dir: Path) -> Path:
+    """Create results_dir/runs and prove it writable, before any training starts."""
+    runs = results_dir / "runs"
+    try:
+        if results_dir.exists() and not results_dir.is_dir():
+            raise NormbenchError(f"results directory {results_dir}: not writable (a file, not a "
+                                 "directory)")
+        (runs / ".tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs / ".tmp", prefix=".probe-") as probe:
+            probe.write(b"\0" * (64 << 10))  # a full disk or quota fails here, not after training
+            probe.flush()
+            os.fsync(probe.fileno())
+        free = shutil.disk_usage(runs).free
+    except OSError as exc:
+        raise NormbenchError(f"results directory {results_dir}: not writable "
+                             f"({exc.strerror or exc})") from None
+    if free < MIN_FREE_BYTES:
+        raise NormbenchError(f"results directory {results_dir}: only {free >> 20} MiB free on its "
+                             f"disk; normbench needs {MIN_FREE_BYTES >> 20} MiB to save runs")
+    return runs
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` whole (a reader sees the old or the new file, never half), with
+    the permissions a plain open() would give under the umask (shared lab directories)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def history_csv(record: RunRecord) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HISTORY_COLUMNS)
+    writer.writerows([getattr(h, c) for c in HISTORY_COLUMNS] for h in record.history)
+    return out.getvalue()
+
+
+def save(record: RunRecord, spec_yaml: str, results_dir: Path) -> Path:
+    """Write runs/<run_id>/{spec.yaml,history.csv,metrics.json}; the directory appears
+    whole. Whatever stands at that path (an older or damaged run directory, a stray file, a
+    symlink) is moved aside first and removed after the new one is in place. The caller holds
+    the run's claim."""
+    final = run_dir(results_dir, record.run_id)
+    runs = prepare(results_dir)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=runs / ".tmp", prefix=f"{record.run_id}."))
+        os.chmod(staging, 0o777 & ~_umask())
+        try:
+            write_atomic(staging / "spec.yaml", spec_yaml)
+            write_atomic(staging / "history.csv", history_csv(record))
+            write_atomic(staging / "metrics.json", record.model_dump_json(indent=2) + "\n")
+            old = None
+            if final.exists() or final.is_symlink():
+                old = Path(tempfile.mkdtemp(dir=runs / ".tmp", prefix=f"{record.run_id}.old.")) / "run"
+                os.rename(final, old)
+            os.rename(staging, final)
+            if old is not None:
+                _remove(old.parent)
+        except BaseException:
+            _remove(staging)
+            raise
+    except OSError as exc:
+        raise NormbenchError(f"results directory {results_dir}: cannot save run {record.run_id}: "
+                             f"{exc.strerror or exc}") from None
+    return final

@@ -1,0 +1,40 @@
+"""The README's measured numbers are the committed result files' (scripts/render_readme.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_numbers_come_from_the_committed_files():
+    done = subprocess.run([sys.executable, "scripts/render_readme.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_the_check_fails_when_a_number_is_edited_by_hand(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import render_readme
+    finally:
+        sys.path.pop(0)
+    edited = render_readme.README.read_text().replace("| BN | 23.6 |", "| BN | 22.6 |", 1)
+    assert edited != render_readme.README.read_text()
+    fake = tmp_path / "README.md"
+    fake.write_text(edited)
+    monkeypatch.setattr(render_readme, "README", fake)
+    assert render_readme.main(["--check"]) == 1
+    assert render_readme.main([]) == 0 and render_readme.main(["--check"]) == 0
+    assert "| BN | 23.6 |" in fake.read_text()
+
+
+def test_every_committed_example_has_its_records():
+    """Tables and figures under results/examples/ are rebuilt from records committed beside them."""
+    examples = ROOT / "results" / "examples"
+    for run in (examples / "demo" / "runs").iterdir():
+        if not run.name.startswith("."):
+            assert {p.name for p in run.iterdir()} == {"metrics.json", "spec.yaml", "history.csv"}
+    assert not list(examples.glob("*.png")) and not list(examples.glob("*.md"))
