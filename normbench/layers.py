@@ -453,21 +453,160 @@ class WSConv2D(keras.layers.Conv2D):
 
 
 # ---------------------------------------------------------------------------------------------
+# BatchNorm with per-replica ("ghost") batch statistics, and the statistics BN uses at test time
+
+# How BatchNormalization layers of this module normalize when called with training=False:
+# "moving" (Keras's moving averages), "batch" (statistics of the batch at hand, in groups of
+# virtual_batch_size as in training, nothing updated), or "collect" (as "batch", and also
+# accumulating each layer's exact input moments, for PreciseBN).
+_BN_EVAL: contextvars.ContextVar[str] = contextvars.ContextVar("bn_eval", default="moving")
+
+
+@contextlib.contextmanager
+def bn_statistics(mode: str):
+    """Within this block, normbench's BatchNormalization layers traced or called with
+    training=False use `mode` ('moving', 'batch' or 'collect') for their statistics."""
+    if mode not in ("moving", "batch", "collect"):
+        raise ValueError(f"unknown BN statistics mode {mode!r}")
+    token = _BN_EVAL.set(mode)
+    try:
+        yield
+    finally:
+        _BN_EVAL.reset(token)
+
+
+@keras.utils.register_keras_serializable(package="normbench")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras's BatchNormalization, with statistics per group of `virtual_batch_size` samples.
+
+    In training, each consecutive group of `virtual_batch_size` samples of a batch is normalized
+    with its own mean and variance: BN as computed per GPU without synchronization (Wu & He 2018,
+    Sec. 4.1), or "ghost batch norm" (Hoffer et al. 2017). The moving mean and variance estimate
+    the *whole batch's* statistics, as stock BN records them: mean of the groups' means, and mean
+    of the groups' variances plus the variance of their means (averaging the groups' variances
+    alone, as tf.keras 2's `virtual_batch_size` did, is biased low). With
+    `virtual_batch_size=None` the layer is exactly Keras's. Inference uses the moving statistics
+    (or, inside `bn_statistics('batch')`, those of the batch at hand, in groups of the same size).
+    The batch size must be a multiple of `virtual_batch_size`.
+    """
+
+    def __init__(self, virtual_batch_size=None, **kwargs):
+        # tf.keras 2 has an argument of this name with a biased moving variance: never pass it on
+        super().__init__(**kwargs)
+        if virtual_batch_size is not None and int(virtual_batch_size) < 1:
+            raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
+        self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
+        self.collected = None  # (sum, sum of squares, count) variables, in 'collect' mode
+
+    def _channel_axis(self, rank: int) -> int:
+        axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
+        return axis % rank
+
+    def _group_moments(self, x):
+        """x regrouped as (groups, v, ...) and each group's mean and variance (keepdims)."""
+        rank = x.shape.rank
+        channel = self._channel_axis(rank)
+        v = self.virtual_batch_size
+        shape = tf.shape(x)
+        if v is None:
+            grouped = x[None]
+        else:
+            tf.debugging.assert_equal(shape[0] % v, 0, message=(
+                f"BatchNormalization: the batch size must be a multiple of virtual_batch_size={v}"))
+            grouped = tf.reshape(x, tf.concat([[shape[0] // v, v], shape[1:]], 0))
+        axes = [1] + [a + 1 for a in range(1, rank) if a != channel]
+        mean, variance = tf.nn.moments(grouped, axes, keepdims=True)
+        return grouped, mean, variance
+
+    def _normalize_in_groups(self, x):
+        grouped, mean, variance = self._group_moments(x)
+        rank = x.shape.rank
+        shape = [1] * (rank + 1)
+        shape[self._channel_axis(rank) + 1] = -1
+        y = (grouped - mean) * tf.math.rsqrt(variance + tf.cast(self.epsilon, x.dtype))
+        if self.scale:
+            y = y * tf.reshape(tf.cast(self.gamma, x.dtype), shape)
+        if self.center:
+            y = y + tf.reshape(tf.cast(self.beta, x.dtype), shape)
+        return tf.reshape(y, tf.shape(x)), mean, variance
+
+    def prepare_collect(self) -> None:
+        """Create the accumulators for 'collect' mode (eagerly, before any tf.function traces)."""
+        channels = int(self.moving_mean.shape[0])
+        if self.collected is None:
+            zeros = lambda: tf.Variable(tf.zeros([channels], tf.float64), trainable=False)  # noqa: E731
+            self.collected = (zeros(), zeros(), tf.Variable(tf.zeros([], tf.float64), trainable=False))
+
+    def reset_collected(self) -> None:
+        if self.collected is not None:
+            for variable in self.collected:
+                variable.assign(tf.zeros_like(variable))
+
+    def call(self, inputs, training=None, mask=None):
+        mode = "train" if training else _BN_EVAL.get()
+        if mode == "moving" or (mode == "train" and (self.virtual_batch_size is None
+                                                     or not self.trainable or self.renorm)):
+            return super().call(inputs, training=training, mask=mask)
+        # statistics in float32 at least (float16 overflows), float64 kept as float64
+        x = tf.cast(inputs, tf.float64 if inputs.dtype == tf.float64 else tf.float32)
+        y, mean, variance = self._normalize_in_groups(x)
+        rank = x.shape.rank
+        keep = [0] + [a + 1 for a in range(rank) if a != self._channel_axis(rank)]
+        group_mean = tf.reduce_mean(mean, axis=keep)  # every group holds the same count
+        if mode == "train":  # the whole batch's moments: E[var_g] + Var[mean_g]
+            spread = tf.reduce_mean(tf.square(mean - tf.reduce_mean(mean, axis=0, keepdims=True)),
+                                    axis=keep)
+            whole_variance = tf.reduce_mean(variance, axis=keep) + spread
+            dtype = self.moving_mean.dtype
+            momentum = tf.cast(self.momentum, dtype)
+            self.moving_mean.assign(self.moving_mean * momentum
+                                    + tf.cast(group_mean, dtype) * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum
+                                        + tf.cast(whole_variance, dtype) * (1.0 - momentum))
+        elif mode == "collect":  # exact moments of every input this layer sees
+            channels = x.shape[self._channel_axis(rank)]
+            axes = [a for a in range(rank) if a != self._channel_axis(rank)]
+            x64 = tf.cast(x, tf.float64)
+            total, squares, count = self.collected
+            total.assign_add(tf.reduce_sum(x64, axis=axes))
+            squares.assign_add(tf.reduce_sum(tf.square(x64), axis=axes))
+            count.assign_add(tf.cast(tf.size(x64) // channels, tf.float64))
+        return tf.cast(y, self.compute_dtype)
+
+    def precise_statistics(self):
+        """(mean, variance) of everything collected since the last reset (population moments)."""
+        total, squares, count = self.collected
+        mean = total / count
+        return tf.cast(mean, tf.float32), tf.cast(squares / count - tf.square(mean), tf.float32)
+
+    def get_config(self):
+        config = super().get_config()
+        config["virtual_batch_size"] = self.virtual_batch_size
+        return config
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading models saved in the tensorflow-addons era
 
 CUSTOM_OBJECTS = {
     "Addons>GroupNormalization": GroupNormalization,
     "Addons>InstanceNormalization": InstanceNormalization,
 }
+# tf.keras 2 layers whose config Keras 3's own class cannot read: a BatchNormalization saved with
+# tf.keras 2's virtual_batch_size becomes normbench's (same argument, an unbiased moving variance
+# from then on; the saved moving statistics load unchanged).
+KERAS2_ONLY_ARGUMENTS = {"BatchNormalization": ("virtual_batch_size", BatchNormalization)}
 
 
-def _translate_config(node):
-    """tfa's class names -> normbench's, and (on Keras 3) what Keras 3 cannot read of Keras 2."""
+def _translate_config(node, reshaped: set | None = None):
+    """tfa's class names -> normbench's, and (on Keras 3) what Keras 3 cannot read of Keras 2.
+    Names of layers whose saved weights must be flattened are added to `reshaped`."""
+    reshaped = set() if reshaped is None else reshaped
     if isinstance(node, list):
-        return [_translate_config(n) for n in node]
+        return [_translate_config(n, reshaped) for n in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _translate_config(v) for k, v in node.items()}
+    node = {k: _translate_config(v, reshaped) for k, v in node.items()}
     if node.get("class_name") in CUSTOM_OBJECTS:  # HDF5 configs name the registered class
         node["class_name"] = f"normbench>{CUSTOM_OBJECTS[node['class_name']].__name__}"
     if node.get("registered_name") in CUSTOM_OBJECTS:  # .keras configs: module + registered name
@@ -475,6 +614,23 @@ def _translate_config(node):
         node["registered_name"] = f"normbench>{node['class_name']}"
     if not KERAS_3:
         return node
+    config = node.get("config")
+    special = KERAS2_ONLY_ARGUMENTS.get(node.get("class_name"))
+    if special and isinstance(config, dict) and config.get(special[0]) is not None:
+        node["class_name"] = f"normbench>{special[1].__name__}"
+        if "module" in node:  # .keras archive
+            node["module"] = __name__
+            node["registered_name"] = f"normbench>{special[1].__name__}"
+        for keras2_only in ("adjustment", "fused", "renorm_clipping", "renorm_momentum"):
+            if config.get(keras2_only) is None or keras2_only == "fused":
+                config.pop(keras2_only, None)
+        # tf.keras 2 inserted a virtual-batch dimension at index 1: its saved axis is one higher
+        # and its weights are (1, 1, 1, 1, C); Keras 3's BN takes an int axis and (C,) weights
+        axis = config.get("axis")
+        axis = axis if isinstance(axis, list) else [axis]
+        if len(axis) == 1 and isinstance(axis[0], int):
+            config["axis"] = axis[0] - 1 if axis[0] > 0 else axis[0]
+        reshaped.add(config.get("name"))
     if node.get("module") == "keras.src.engine.functional":  # Keras 2's home of Functional
         node["module"] = "keras.src.models.functional"
     config = node.get("config")
@@ -491,12 +647,22 @@ def _translated_copy(path, directory):
     import h5py  # Keras's own dependency; only this path needs it
 
     copy = Path(directory) / Path(path).name
+    reshaped: set = set()
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive, zipfile.ZipFile(copy, "w") as out:
-            for item in archive.infolist():
-                data = archive.read(item)
+        with zipfile.ZipFile(path) as archive:
+            items = [(item, archive.read(item)) for item in archive.infolist()]
+        config = next((json.loads(d) for i, d in items if i.filename == "config.json"), None)
+        translated = _translate_config(config, reshaped) if config is not None else None
+        with zipfile.ZipFile(copy, "w") as out:
+            for item, data in items:
                 if item.filename == "config.json":
-                    data = json.dumps(_translate_config(json.loads(data))).encode()
+                    data = json.dumps(translated).encode()
+                elif item.filename.endswith(".h5") and reshaped:
+                    weights = Path(directory) / "weights.h5"
+                    weights.write_bytes(data)
+                    with h5py.File(weights, "r+") as f:
+                        _flatten_weights(f, reshaped)
+                    data = weights.read_bytes()
                 out.writestr(item, data)
     elif h5py.is_hdf5(path):
         shutil.copyfile(path, copy)
@@ -504,10 +670,26 @@ def _translated_copy(path, directory):
             if "model_config" in f.attrs:
                 raw = f.attrs["model_config"]
                 config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-                f.attrs["model_config"] = json.dumps(_translate_config(config))
+                f.attrs["model_config"] = json.dumps(_translate_config(config, reshaped))
+                _flatten_weights(f, reshaped)
     else:
         raise ValueError(f"{path}: neither a .keras archive nor an HDF5 file")
     return copy
+
+
+def _flatten_weights(f, names: set) -> None:
+    """Datasets under a group named after one of `names`: (1, ..., 1, C) becomes (C,)."""
+    if not names:
+        return
+    found = []
+    f.visititems(lambda key, item: found.append(key) if hasattr(item, "shape")
+                 and set(key.split("/")) & names and len(item.shape) > 1 else None)
+    for key in found:
+        data = f[key][()]
+        attrs = dict(f[key].attrs)
+        del f[key]
+        f.create_dataset(key, data=data.reshape(-1))
+        f[key].attrs.update(attrs)
 
 
 def load_model(path, *, compile: bool = False, safe_mode: bool = True):

@@ -25,6 +25,8 @@ def build_model(model: ModelSpec, norm_factory: Callable[[], Any] | None,
     """
     if model.arch == "convnet":
         return _convnet(model, norm_factory, conv_factory, input_shape)
+    if model.arch == "vgg":
+        return _vgg(model, norm_factory, conv_factory, input_shape)
     norm = [norm_factory()] if norm_factory is not None else []
     return keras.Sequential(
         [keras.Input(shape=input_shape),
@@ -52,3 +54,25 @@ def _convnet(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras
     layers += [keras.layers.GlobalAveragePooling2D(),
                keras.layers.Dense(NUM_CLASSES, activation="softmax")]
     return keras.Sequential(layers, name="convnet")
+
+
+def _vgg(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras.Model:
+    """A plain deep CNN without residuals: per width, Conv2D(w, 3x3, same, no bias when a norm
+    follows) -> norm -> ReLU; "M" is a 2x2 max pool; then global average pool -> Dense(10).
+
+    Depth is the number of widths: BN's small-batch noise compounds with every normalized layer,
+    which is what the per-replica studies vary.
+    """
+    layers = [keras.Input(shape=input_shape)]
+    for width in model.widths:
+        if width == "M":
+            layers.append(keras.layers.MaxPooling2D(2))
+            continue
+        layers.append(conv_factory(width, CONV_KERNEL, padding="same",
+                                   use_bias=norm_factory is None))
+        if norm_factory is not None:
+            layers.append(norm_factory())
+        layers.append(keras.layers.ReLU())
+    layers += [keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(NUM_CLASSES, activation="softmax")]
+    return keras.Sequential(layers, name="vgg")

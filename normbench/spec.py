@@ -79,6 +79,12 @@ class NormSpec(_Frozen):
     gamma_initializer: str = "ones"
     impl: str = "auto"
     momentum: float | None = 0.99  # batch, batch_renorm: moving statistics' update rate
+    # batch: normalize each group of this many samples with its own statistics in training
+    # (BN per simulated device / ghost BN); None = the whole batch
+    virtual_batch_size: int | None = Field(None, ge=1, le=1 << 20)
+    # batch: which statistics the headline test accuracy uses (all three are recorded)
+    eval_stats: Literal["moving", "precise", "batch"] = "moving"
+    precise_samples: int = Field(4096, ge=1, le=1 << 24)  # PreciseBN: training images used
 
     @field_validator("momentum")
     @classmethod
@@ -117,8 +123,19 @@ class NormSpec(_Frozen):
     def _impl(cls, value: str) -> str:
         return _choice(value.lower(), norms.IMPLS, "impl")
 
+    @field_validator("eval_stats", mode="before")
+    @classmethod
+    def _eval_stats(cls, value: Any) -> str:
+        if isinstance(value, str):
+            return _choice(value.lower(), EVAL_STATS, "eval_stats")
+        raise ValueError(f"expected one of {', '.join(EVAL_STATS)}, got {value!r}")
+
     @model_validator(mode="after")
     def _impl_for_type(self) -> NormSpec:
+        if self.type != "batch" and self.virtual_batch_size is not None:
+            raise ValueError(f"virtual_batch_size applies to norm 'batch' only, not {self.type!r}")
+        if self.type != "batch" and self.eval_stats != "moving":
+            raise ValueError(f"eval_stats applies to norm 'batch' only, not {self.type!r}")
         if norms.NORMS[self.type].channels_last_only and self.axis not in (-1, 3):
             raise ValueError(f"norm {self.type!r} works on the channel axis of NHWC only: "
                              f"axis must be -1 (or 3), got {self.axis}")
@@ -141,7 +158,9 @@ def _tfa_installed() -> bool:
     return importlib.util.find_spec("tensorflow_addons") is not None
 
 
-ARCHS = ("tutorial", "convnet")
+ARCHS = ("tutorial", "convnet", "vgg")
+EVAL_STATS = ("moving", "precise", "batch")
+POOL = "M"  # in vgg widths: a 2x2 max pool
 
 
 class ModelSpec(_Frozen):
@@ -149,8 +168,9 @@ class ModelSpec(_Frozen):
     conv_filters: int | None = Field(10, ge=1, le=4096)  # tutorial
     dense_units: int | None = Field(128, ge=1, le=65536)  # tutorial
     dropout: float | None = Field(0.2, ge=0.0, lt=1.0)  # tutorial
-    widths: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
-        [16, 32, 32, 64], min_length=1, max_length=8)  # convnet: one conv-norm-ReLU block each
+    widths: list[Annotated[int, Field(ge=1, le=1024)] | Literal["M"]] | None = Field(
+        [16, 32, 32, 64], min_length=1, max_length=32)  # convnet, vgg: one conv-norm-ReLU block
+    # each; vgg also takes "M" (2x2 max pool)
     norm: NormSpec = NormSpec()
 
     @field_validator("arch")
@@ -173,12 +193,21 @@ class ModelSpec(_Frozen):
             source = f"model.conv_filters={self.conv_filters}"
         else:
             if self.widths is None:
-                raise ValueError("model.widths: arch 'convnet' needs a list of block widths")
+                raise ValueError(f"model.widths: arch {self.arch!r} needs a list of block widths")
             if norm.axis not in (-1, 3):
-                raise ValueError(f"model.norm.axis: arch 'convnet' normalizes the channel axis "
-                                 f"only: use -1 (or 3), got {norm.axis}")
+                raise ValueError(f"model.norm.axis: arch {self.arch!r} normalizes the channel "
+                                 f"axis only: use -1 (or 3), got {norm.axis}")
+            pools = self.widths.count(POOL)
+            if self.arch == "convnet" and pools:
+                raise ValueError("model.widths: 'M' (max pool) is for arch 'vgg'; convnet "
+                                 "downsamples with strides")
+            if pools > 4:
+                raise ValueError(f"model.widths: {pools} max pools would shrink 28x28 images "
+                                 "below 2x2; use at most 4")
+            if not [w for w in self.widths if w != POOL]:
+                raise ValueError("model.widths: needs at least one conv width")
             self._set(conv_filters=None, dense_units=None, dropout=None)
-            dims = list(self.widths)
+            dims = [w for w in self.widths if w != POOL]
             what, source = f"every width in {dims}", f"model.widths={dims}"
         updates = {"groups": None}
         if norms.NORMS[norm.type].uses_groups:
@@ -204,7 +233,8 @@ class ModelSpec(_Frozen):
             object.__setattr__(self, name, value)
 
 
-LR_SCALINGS = ("none", "linear")
+LR_SCALINGS = ("none", "linear", "sqrt")
+SCHEDULES = ("constant", "step", "cosine")
 
 
 class TrainSpec(_Frozen):
@@ -222,6 +252,46 @@ class TrainSpec(_Frozen):
     # Train steps per call into TensorFlow (an in-graph loop): fewer Python round trips, no
     # per-step host syncs. Progress and NaN checks happen between calls.
     steps_per_execution: int = Field(64, ge=1, le=1_000_000)
+    # SGD's momentum and Nesterov (ignored by adam/rmsprop: validated against them)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    # L2 weight decay added to the loss (coupled, as PyTorch's SGD and the GN paper: 1e-4);
+    # decay_norm_params also decays the norm layers' gamma and beta (the paper does)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    decay_norm_params: bool = True
+    # learning-rate schedule over the whole run (in optimizer steps): constant, step (x lr_decay
+    # at each milestone, a fraction of training) or cosine (to 0); linear warmup first
+    schedule: str = "constant"
+    milestones: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field([0.5, 0.75], max_length=16)
+    lr_decay: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0, le=1000.0)
+    # a fixed number of optimizer steps instead of `epochs` (the equal-steps protocol)
+    steps: int | None = Field(None, ge=1, le=100_000_000)
+    # held-out validation (the last fraction of a seeded shuffle of the training set) and test
+    # error recorded every `eval_every` epochs; None = only at the end
+    eval_every: int | None = Field(None, ge=1, le=100_000)
+    validation_split: float = Field(0.0, ge=0.0, lt=0.5)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return _choice(value.lower(), SCHEDULES, "schedule")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, value: list[float]) -> list[float]:
+        if value != sorted(set(value)):
+            raise ValueError(f"milestones must increase strictly, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _optimizer_options(self) -> TrainSpec:
+        if self.optimizer != "sgd" and (self.momentum or self.nesterov):
+            raise ValueError(f"momentum and nesterov are SGD's options; optimizer is "
+                             f"{self.optimizer!r}")
+        if self.nesterov and not self.momentum:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
 
     @field_validator("jit_compile", mode="before")
     @classmethod
@@ -237,8 +307,13 @@ class TrainSpec(_Frozen):
 
     @property
     def effective_learning_rate(self) -> float:
+        """The peak learning rate after lr_scaling (linear: Goyal et al. 2017, for SGD; sqrt:
+        the usual rule for Adam)."""
+        ratio = self.batch_size / self.base_batch_size
         if self.lr_scaling == "linear":
-            return self.learning_rate * self.batch_size / self.base_batch_size
+            return self.learning_rate * ratio
+        if self.lr_scaling == "sqrt":
+            return self.learning_rate * math.sqrt(ratio)
         return self.learning_rate
 
     @field_validator("optimizer")
@@ -263,6 +338,14 @@ class Spec(_Frozen):
     def _dataset(cls, value: str) -> str:
         return _choice(value.lower(), DATASETS, "dataset")
 
+    @model_validator(mode="after")
+    def _virtual_batch(self) -> Spec:
+        v, batch = self.model.norm.virtual_batch_size, self.train.batch_size
+        if v is not None and batch % v:
+            raise ValueError(f"model.norm.virtual_batch_size: {v} does not divide "
+                             f"train.batch_size={batch}; use a divisor of it")
+        return self
+
 
 def _valid_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] | None = Spec
@@ -280,7 +363,8 @@ def _describe(err: dict) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"{loc}: unknown key; {hint}valid keys here: {', '.join(valid)}"
     msg = err["msg"].removeprefix("Value error, ")
-    if msg.startswith("model.norm.groups:"):  # raised at model level, already names its field
+    if msg.startswith(("model.norm.groups:", "model.norm.virtual_batch_size:", "model.widths:",
+                       "model.norm.axis:")):  # raised at model level, already names its field
         return msg
     if err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
         msg = "use 1-64 letters, digits, '-' or '_' (the name becomes part of file names)"
@@ -356,8 +440,8 @@ def spec_hash(spec: Spec, *, without_seed: bool = False) -> str:
 
 def first_norm_channels(model: ModelSpec) -> int:
     """Size of the axis the (first) norm layer splits: conv filters, or the first width."""
-    if model.arch == "convnet":
-        return model.widths[0]
+    if model.arch != "tutorial":
+        return next(w for w in model.widths if w != POOL)
     return conv_output_shape(model.conv_filters)[model.norm.axis]
 
 
@@ -374,7 +458,9 @@ def summary(spec: Spec) -> str:
     norm = spec.model.norm
     detail = f" (groups={norm.groups})" if norm.groups is not None else ""
     t = spec.train
-    arch = f" in a convnet {spec.model.widths}" if spec.model.arch == "convnet" else ""
+    arch = f" in a {spec.model.arch} {spec.model.widths}" if spec.model.arch != "tutorial" else ""
+    if norm.virtual_batch_size is not None:
+        detail += f" (statistics per {norm.virtual_batch_size} samples)"
     return (f"{spec.name}: {norm.type} norm{detail}{arch}, impl {norm.impl}, on {spec.dataset}, "
             f"{t.epochs} epoch(s) x batch {t.batch_size}, {t.optimizer} "
             f"lr={t.effective_learning_rate:g}, "

@@ -28,7 +28,8 @@ RUN_ID = re.compile(rf"({NAME})-[0-9a-f]{{12}}")  # run_id(): spec name, content
 MIN_FREE_BYTES = 64 << 20  # below this, a run could finish training and then fail to save
 FINAL = ("finished", "diverged")  # statuses that count as done: a sweep does not run them again
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "time_s")
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "time_s", "val_loss", "val_accuracy",
+                   "test_loss", "test_accuracy")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0)]
 Count = Annotated[int, Field(ge=0)]
@@ -63,6 +64,18 @@ class Epoch(_Strict):
     loss: float  # NaN/Inf when the run diverged
     accuracy: Fraction
     time_s: Seconds
+    # with train.eval_every (and at the last epoch): held-out and test metrics, moving statistics
+    val_loss: float | None = None
+    val_accuracy: Fraction | None = None
+    test_loss: float | None = None
+    test_accuracy: Fraction | None = None
+
+
+class EvalResult(_Strict):
+    loss: float
+    accuracy: Fraction
+    n: Count
+    samples: Count | None = None  # PreciseBN: training images whose statistics were used
 
 
 class RunRecord(_Strict):
@@ -102,6 +115,11 @@ class RunRecord(_Strict):
     spec: dict[str, Any] = {}  # the resolved spec, for --where/--by and plots
     learning_rate: float | None = None  # after train.lr_scaling
     compiled: str | None = None  # XLA use: step (whole train step), kernels (norm, optimizer), none
+    # BN runs: test metrics with each kind of statistics: moving, precise (PreciseBN), batch
+    bn_eval: dict[Literal["moving", "precise", "batch"], EvalResult] | None = None
+    test_error_median5: Fraction | None = None  # median test error of the last 5 evaluations
+    dropped_per_epoch: Count = 0  # virtual_batch_size: images of each epoch's last smaller batch
+    optimizer_steps: Count | None = None
 
     @field_validator("run_id")
     @classmethod

@@ -312,7 +312,8 @@ def _ray_error(address: str | None, exc: BaseException) -> NormbenchError:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     where = address or "a new local instance"
-    if any(word in text.lower() for word in ("token", "unauthenticated", "authentication")):
+    auth = type(exc).__name__ == "AuthenticationError"  # ray.exceptions, Ray >= 2.5x
+    if auth or any(word in text.lower() for word in ("token", "unauthenticated", "authentication")):
         return NormbenchError(
             f"--executor ray: the Ray cluster at {where} requires token authentication (Ray >= "
             "2.5x starts clusters with it on): set RAY_AUTH_MODE=token and the cluster's token "

@@ -81,9 +81,14 @@ class _Loop:
     whose batches are the rows of `order` (sample indices), and returns (sum of per-sample
     losses, correct predictions) over them: one host sync per call, not per step."""
 
-    def __init__(self, model: keras.Model, optimizer, mode: str):
+    def __init__(self, model: keras.Model, optimizer, mode: str, weight_decay: float = 0.0,
+                 decayed: list | None = None):
         variables = model.trainable_variables
         loss_fn = keras.losses.SparseCategoricalCrossentropy()
+        decayed = list(decayed if decayed is not None else variables) if weight_decay else []
+
+        def penalty():  # coupled L2, as PyTorch's SGD(weight_decay) and the GN paper
+            return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
 
         def apply(grads):
             optimizer.apply_gradients(zip(grads, variables))
@@ -100,7 +105,8 @@ class _Loop:
                     loss = loss_fn(yb, probs)
                     if model.losses:
                         loss += tf.add_n(model.losses)
-                apply(tape.gradient(loss, variables))
+                    objective = loss + penalty() if decayed else loss
+                apply(tape.gradient(objective, variables))
                 hits = tf.equal(tf.argmax(probs, axis=-1, output_type=yb.dtype), yb)
                 return (i + 1, loss_sum + loss * tf.cast(tf.shape(index)[0], loss.dtype),
                         correct + tf.reduce_sum(tf.cast(hits, tf.float32)))
@@ -126,16 +132,27 @@ class _Fit:
     """Trains `model` on (x, y) for `t.epochs` epochs, shuffling with the spec's seed, and keeps
     what it measured: per-epoch loss, accuracy and wall time, and per-call timestamps."""
 
-    def __init__(self, model, optimizer, t: specs.TrainSpec):
+    def __init__(self, model, optimizer, t: specs.TrainSpec, *, drop_rest: bool = False,
+                 decayed: list | None = None):
         self.model, self.optimizer, self.t = model, optimizer, t
+        self.drop_rest = drop_rest
+        self.decayed = decayed
+        self.samples: list[int] = []  # samples trained per epoch
+        self.done_steps = 0
         self.mode = compile_mode(t.jit_compile)
         self.fallback: str | None = None
         self.history: list[dict] = []
         self.first_calls: list[tuple[float, int]] = []  # epoch 1: (seconds, samples) per call
         self.first_loss: float | None = None  # mean loss over the first call's steps
         self.nonfinite: str | None = None  # where the loss became NaN/Inf
-        optimizer.build(model.trainable_variables)  # slots exist before the graph is traced
-        self.loop = _Loop(model, optimizer, self.mode)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    def attach(self, optimizer) -> None:
+        """The optimizer (made once the step count is known: schedules need it)."""
+        self.optimizer = optimizer
+        optimizer.build(self.model.trainable_variables)  # slots exist before the graph is traced
+        self.loop = _Loop(self.model, optimizer, self.mode, self.t.weight_decay, self.decayed)
 
     def _call(self, *args):
         if self.fallback is not None or self.mode == "none" or self.history or self.first_calls:
@@ -153,28 +170,45 @@ class _Fit:
                             f"{str(exc).strip().splitlines()[0][:200]}"
             _restore(state, saved)
             self.mode = "none"
-            self.loop = _Loop(self.model, self.optimizer, "none")
+            self.loop = _Loop(self.model, self.optimizer, "none", self.t.weight_decay, self.decayed)
             return self.loop.steps(*args)
 
+    def plan(self, n: int) -> tuple[int, int, int]:
+        """(epochs, optimizer steps in all, samples dropped per epoch). A spec with
+        virtual_batch_size drops each epoch's last, smaller batch (its BN groups would differ);
+        otherwise it is trained, as Keras's fit does. With train.steps, the epochs are as many as
+        those steps need, the last one cut short."""
+        t = self.t
+        full, rest = divmod(n, t.batch_size)
+        drop = rest if self.drop_rest else 0
+        per_epoch = full + (1 if rest and not drop else 0)
+        if t.steps is None:
+            return t.epochs, t.epochs * per_epoch, drop
+        return math.ceil(t.steps / per_epoch), t.steps, drop
+
     def run(self, x: np.ndarray, y: np.ndarray, progress: EpochProgress | None,
-            status_path: Path | None) -> bool:
+            status_path: Path | None, evaluate=None) -> bool:
         """Train; False if the loss became NaN/Inf (training stops at the end of that call;
-        `nonfinite` says where)."""
+        `nonfinite` says where). `evaluate(epoch)`, if given, returns metrics to add to that
+        epoch's history entry (held-out and test error)."""
         t = self.t
         n, rng = len(y), np.random.default_rng(t.seed)
         full, rest = divmod(n, t.batch_size)
+        epochs, budget, drop = self.plan(n)
         x_t, y_t = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        done_steps = 0
         with layers.xla_kernels(self.mode == "kernels"):
-            for epoch in range(t.epochs):
-                _write_status(status_path, f"epoch {epoch + 1}/{t.epochs}")
+            for epoch in range(epochs):
+                _write_status(status_path, f"epoch {epoch + 1}/{epochs}")
                 if progress:
                     progress.epoch_begin(epoch)
                 start = time.perf_counter()
                 order = rng.permutation(n).astype(np.int32)
+                left = budget - done_steps
                 batches = tf.constant(order[:full * t.batch_size].reshape(full, t.batch_size))
-                calls = [(batches, s, min(t.steps_per_execution, full - s), t.batch_size)
-                         for s in range(0, full, t.steps_per_execution)]
-                if rest:  # the last, smaller batch, as Keras's fit has it
+                calls = [(batches, s, min(t.steps_per_execution, full - s, left - s), t.batch_size)
+                         for s in range(0, min(full, left), t.steps_per_execution)]
+                if rest and not drop and left > full:  # the last, smaller batch, as fit has it
                     calls.append((tf.constant(order[full * t.batch_size:][None]), 0, 1, rest))
                 loss_sum = correct = seen = steps = 0
                 for rows, first, count, size in calls:
@@ -190,9 +224,16 @@ class _Fit:
                         progress.steps_done(steps)
                     if not math.isfinite(loss_sum):
                         break
+                done_steps += steps
+                self.done_steps = done_steps
                 seconds = time.perf_counter() - start
-                self.history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
-                                     "accuracy": correct / seen, "time_s": seconds})
+                self.samples.append(seen)
+                entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
+                         "time_s": seconds}
+                if evaluate is not None and math.isfinite(loss_sum) and (
+                        epoch + 1 == epochs or (t.eval_every and (epoch + 1) % t.eval_every == 0)):
+                    entry.update(evaluate(epoch))
+                self.history.append(entry)
                 if progress:
                     progress.epoch_end(epoch, loss_sum / seen, correct / seen, seconds)
                 if not math.isfinite(loss_sum):
@@ -204,7 +245,7 @@ class _Fit:
         """(samples/s without tracing and compilation, how it was measured)."""
         times = [h["time_s"] for h in self.history]
         if len(times) > 1:
-            return n_train * (len(times) - 1) / sum(times[1:]), f"epochs 2-{len(times)}"
+            return sum(self.samples[1:]) / sum(times[1:]), f"epochs 2-{len(times)}"
         if len(self.first_calls) > 1:  # the first call traces and compiles; so does a last batch
             seconds, samples = map(sum, zip(*self.first_calls[1:]))
             return samples / seconds, "epoch 1 without its first call (tracing, compilation)"
@@ -252,6 +293,127 @@ def _bn_warning(spec: specs.Spec, steps: int) -> str | None:
     return text
 
 
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate at each optimizer step: linear warmup from peak / warmup_steps to the
+    peak over `warmup_steps`, then constant, step (x `decay` at each milestone, a fraction of
+    `total_steps`) or cosine (from the peak at the end of warmup to 0 at `total_steps`)."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0,
+                 kind: str = "constant", milestones=(), decay: float = 0.1):
+        self.peak, self.total_steps, self.warmup_steps = float(peak), int(total_steps), int(warmup_steps)
+        self.kind, self.milestones, self.decay = kind, tuple(milestones), float(decay)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        peak = tf.constant(self.peak, tf.float32)
+        if self.kind == "step":
+            passed = tf.add_n([tf.cast(step >= round(m * self.total_steps), tf.float32)
+                               for m in self.milestones] or [tf.constant(0.0)])
+            rate = peak * tf.pow(tf.constant(self.decay, tf.float32), passed)
+        elif self.kind == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            rate = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            rate = peak + 0.0 * step
+        if self.warmup_steps:
+            rate = rate * tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return rate
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "kind": self.kind,
+                "milestones": list(self.milestones), "decay": self.decay}
+
+
+def make_optimizer(t: specs.TrainSpec, total_steps: int, steps_per_epoch: int):
+    """The spec's optimizer, with its schedule (a plain float when constant without warmup, so
+    runs from before schedules existed train exactly as they did)."""
+    peak = t.effective_learning_rate
+    warmup = round(t.warmup_epochs * steps_per_epoch)
+    rate = peak if t.schedule == "constant" and not warmup else LearningRate(
+        peak, total_steps, warmup, t.schedule, t.milestones, t.lr_decay)
+    if t.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=t.momentum, nesterov=t.nesterov)
+    return OPTIMIZERS[t.optimizer](learning_rate=rate)
+
+
+def _split(ds: data.Dataset, t: specs.TrainSpec):
+    """(x_train, y_train, x_val, y_val): the validation split is the last fraction of a shuffle
+    drawn from the seed alone, so every norm and batch size of one seed holds out the same
+    images (paired comparisons)."""
+    if not t.validation_split:
+        return ds.x_train, ds.y_train, None, None
+    order = np.random.default_rng([t.seed, 7]).permutation(len(ds.y_train))
+    n_val = max(1, round(t.validation_split * len(order)))
+    keep, held = np.sort(order[:-n_val]), np.sort(order[-n_val:])
+    return ds.x_train[keep], ds.y_train[keep], ds.x_train[held], ds.y_train[held]
+
+
+def evaluate(model, x, y, batch: int = EVAL_BATCH, *, mode: str = "moving") -> dict:
+    """Test-set loss and accuracy with the BN statistics of `mode`; 'batch' normalizes the test
+    images in batches of `batch` (groups of virtual_batch_size inside), so only the largest
+    multiple of `batch` is evaluated (`n` says how many)."""
+    n = len(y) - (len(y) % batch if mode == "batch" else 0)
+    if n == 0:
+        return {"loss": float("nan"), "accuracy": 0.0, "n": 0}
+    with layers.bn_statistics(mode):
+        predict = tf.function(lambda xb: model(xb, training=False), autograph=False,
+                              reduce_retracing=True)
+        loss_sum = correct = 0.0
+        for i in range(0, n, batch):
+            probs = predict(tf.convert_to_tensor(x[i:min(i + batch, n)]))
+            yb = y[i:min(i + batch, n)]
+            loss_sum += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(yb, probs)))
+            correct += float(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32),
+                                                             tf.cast(yb, tf.int32)), tf.float32)))
+    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
+
+
+def _is_norm(layer) -> bool:
+    """Whether a layer is a normalization layer (its gamma/beta are what decay_norm_params means)."""
+    return "Normalization" in type(layer).__name__
+
+
+def _bn_layers(model) -> list:
+    return [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+
+
+def precise_statistics(model, x, batch: int, samples: int) -> int:
+    """PreciseBN (Wu & Johnson 2021): replace every BN layer's moving mean and variance by the
+    exact population moments of its inputs over `samples` training images, computed with the
+    final weights in batches of `batch` (normalized as in training). Returns the images used."""
+    n = min(samples, len(x)) // batch * batch
+    bns = _bn_layers(model)
+    for layer in bns:
+        layer.prepare_collect()
+        layer.reset_collected()
+    with layers.bn_statistics("collect"):
+        forward = tf.function(lambda xb: model(xb, training=False), autograph=False)
+        for i in range(0, n, batch):
+            forward(tf.convert_to_tensor(x[i:i + batch]))
+    for layer in bns:
+        mean, variance = layer.precise_statistics()
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+    return n
+
+
+def _bn_evaluation(model, ds, x_train, spec: specs.Spec, moving: dict) -> dict:
+    """Test loss and accuracy three ways (moving averages, PreciseBN, batch statistics)."""
+    t, norm = spec.train, spec.model.norm
+    found = {"moving": moving}
+    bns = _bn_layers(model)
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns]
+    used = precise_statistics(model, x_train, t.batch_size, norm.precise_samples)
+    found["precise"] = {**evaluate(model, ds.x_test, ds.y_test), "samples": used}
+    for layer, (mean, variance) in zip(bns, saved):
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+    found["batch"] = evaluate(model, ds.x_test, ds.y_test, t.batch_size, mode="batch")
+    return found
+
+
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
             status_path: Path | None = None) -> RunRecord:
     """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)).
@@ -260,34 +422,64 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     ds = data.load(spec.dataset, smoke=smoke)
-    t = spec.train
-    made = norms.make(spec.model.norm)
+    t, norm = spec.train, spec.model.norm
+    x_train, y_train, x_val, y_val = _split(ds, t)
+    made = norms.make(norm)
     keras.utils.set_random_seed(t.seed)
     model = build_model(spec.model, made.norm, made.conv)
-    learning_rate = t.effective_learning_rate
-    optimizer = OPTIMIZERS[t.optimizer](learning_rate=learning_rate)
-    n_train = len(ds.y_train)
-    fit = _Fit(model, optimizer, t)
-    steps = math.ceil(n_train / t.batch_size)
-    warnings = [w for w in [ds.provenance.get("warning"), _bn_warning(spec, steps * t.epochs)] if w]
+    n_train = len(y_train)
+    decayed = None
+    if t.weight_decay and not t.decay_norm_params:
+        norm_vars = {id(v) for layer in model.layers if _is_norm(layer) for v in layer.trainable_variables}
+        decayed = [v for v in model.trainable_variables if id(v) not in norm_vars]
+    fit = _Fit(model, None, t, drop_rest=norm.virtual_batch_size is not None, decayed=decayed)
+    epochs, total_steps, dropped = fit.plan(n_train)
+    per_epoch = math.ceil(total_steps / epochs)
+    optimizer = make_optimizer(t, total_steps, per_epoch)
+    fit.attach(optimizer)
+    warnings = [w for w in [ds.provenance.get("warning"), _bn_warning(spec, total_steps)] if w]
+    if dropped:
+        warnings.append(f"virtual_batch_size: each epoch's last {dropped} image(s) (a smaller "
+                        "batch) were not trained on, so every BN group has the same size")
+
+    def periodic(epoch: int) -> dict:
+        with layers.xla_kernels(fit.mode == "kernels"):
+            out = {}
+            if x_val is not None:
+                got = evaluate(model, x_val, y_val)
+                out.update(val_loss=got["loss"], val_accuracy=got["accuracy"])
+            got = evaluate(model, ds.x_test, ds.y_test)
+            out.update(test_loss=got["loss"], test_accuracy=got["accuracy"])
+        return out
+
+    hook = periodic if t.eval_every or x_val is not None else None
     if quiet:
-        fit.run(ds.x_train, ds.y_train, None, status_path)
+        fit.run(x_train, y_train, None, status_path, hook)
     else:
-        with EpochProgress(spec.name, t.epochs, steps) as progress:
-            fit.run(ds.x_train, ds.y_train, progress, status_path)
+        with EpochProgress(spec.name, epochs, per_epoch) as progress:
+            fit.run(x_train, y_train, progress, status_path, hook)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     with layers.xla_kernels(fit.mode == "kernels"):
         test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, batch_size=EVAL_BATCH,
                                                   verbose=0)
+        bn_eval = None
+        if norm.type == "batch" and math.isfinite(test_loss):
+            bn_eval = _bn_evaluation(model, ds, x_train, spec, {
+                "loss": float(test_loss), "accuracy": float(test_accuracy), "n": len(ds.y_test)})
+            test_loss = bn_eval[norm.eval_stats]["loss"]
+            test_accuracy = bn_eval[norm.eval_stats]["accuracy"]
     samples_per_s, basis = fit.steady(n_train)
     history = fit.history
     epoch_times = [h["time_s"] for h in history]
+    evaluated = [h["test_accuracy"] for h in history if "test_accuracy" in h]
+    median5 = float(np.median([1.0 - a for a in evaluated[-5:]])) if t.eval_every and evaluated else None
     reason = diverged_reason(fit.nonfinite, fit.first_loss, history[-1]["loss"], float(test_loss),
                              float(test_accuracy))
     if reason:
         log.warning(f"{spec.name}: diverged: {reason}")
     if fit.fallback:
         warnings.append(fit.fallback)
+    learning_rate = t.effective_learning_rate
     spec_hash = specs.spec_hash(spec)
     return RunRecord(
         run_id=run_id(spec.name, spec_hash, smoke), name=spec.name,
@@ -305,4 +497,6 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         steady_basis=basis, total_s=time.perf_counter() - t0, started=started.isoformat(),
         finished=dt.datetime.now(dt.timezone.utc).isoformat(), env=environment(),
         warnings=warnings, history=history,
-        spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode)
+        spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
+        bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
+        optimizer_steps=fit.done_steps)

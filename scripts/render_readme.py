@@ -94,6 +94,26 @@ def bench() -> str:
     rows.append("| `cli` (fresh interpreter, median) | "
                 + ", ".join(f"{r['command']} {r['seconds']:.2f} s" for r in timed)
                 + f" | < 0.5 s: {_met(all(r['seconds'] < r['target_s'] for r in timed))} |")
+    scale = cli.get("scale")
+    if scale:
+        by = {r["records"]: r for r in scale["rows"]}
+        ratios, targets = scale["ratios"], scale["targets"]
+        rows.append("| `cli`, scale: bookkeeping per finished run (claim, check, save, summary row) at "
+                    + ", ".join(f"{n:,}" for n in by) + " existing records | "
+                    + ", ".join(f"{r['bookkeeping_ms_per_run']:.2f} ms" for r in by.values())
+                    + f": 10,000 / 100 = {ratios['bookkeeping_10000_over_100']:.2f}x | <= "
+                    f"{targets['bookkeeping_10000_over_100']}x: "
+                    f"{_met(ratios['bookkeeping_10000_over_100'] <= targets['bookkeeping_10000_over_100'])} |")
+        for key, label in (("dry_run", "run --dry-run"), ("compare", "compare"), ("plot", "plot")):
+            if f"{key}_10000_over_1000" not in ratios:
+                continue
+            ratio, at = ratios[f"{key}_10000_over_1000"], by[10_000][f"{key}_s"]
+            target = f"<= 12x: {_met(ratio <= 12)}"
+            if f"{key}_s_at_10000" in targets:
+                target += f"; < 2 s at 10,000: {_met(at < targets[f'{key}_s_at_10000'])}"
+            rows.append(f"| `cli`, scale: `{label}` over every record | "
+                        + ", ".join(f"{n:,}: {r[f'{key}_s']:.2f} s" for n, r in by.items())
+                        + f"; 10,000 / 1,000 = {ratio:.2f}x | {target} |")
     rows.append(f"| `memory` (a whole run on {mem['dataset']}) | peak RSS {mem['peak_rss_mib']:,.0f} MiB"
                 f" | < 2 GiB: {_met(mem['peak_rss_mib'] < mem['target_mib'])} |")
     rows.append(f"| `workers --reps {wk['reps']}` ({wk['runs']} runs, batch {wk['batch_size']}) | "

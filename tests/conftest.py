@@ -28,3 +28,14 @@ def record(**fields) -> RunRecord:
 @pytest.fixture
 def make_record():
     return record
+
+
+def CliRunner():  # noqa: N802 - stands in for the class
+    """typer's CliRunner with stdout and stderr apart: click >= 8.2 always separates them; 8.1
+    (the floor the legacy stack tests) needs mix_stderr=False."""
+    from typer.testing import CliRunner as Runner
+
+    try:
+        return Runner(mix_stderr=False)
+    except TypeError:
+        return Runner()

@@ -1,6 +1,7 @@
 """Run by tests on the legacy stack (TF <= 2.15 + tensorflow-addons): saves tfa-era models.
 
-Usage: python legacy_save_models.py OUT_DIR. Writes seq.{h5,keras}, fn.{h5,keras}, x.npy and
+Usage: python legacy_save_models.py OUT_DIR. Writes seq.{h5,keras}, fn.{h5,keras}, bn.{h5,keras}
+(tf.keras 2's BatchNormalization with virtual_batch_size), x.npy and
 <model>_y.npy (the predictions to reproduce), and <model>_gamma.npy (trained, not all ones).
 """
 
@@ -34,15 +35,24 @@ def functional():
     return tf.keras.Model(inputs, layers.Dense(10)(layers.Flatten()(x)))
 
 
+def ghost_bn():
+    """tf.keras 2's own BatchNormalization(virtual_batch_size=...): Keras 3 has no such argument."""
+    return tf.keras.Sequential([
+        layers.Reshape((28, 28, 1), input_shape=(28, 28)), layers.Conv2D(4, 3),
+        layers.BatchNormalization(virtual_batch_size=4, momentum=0.5),
+        layers.Flatten(), layers.Dense(10, activation="softmax")])
+
+
 x = np.random.default_rng(0).random((16, 28, 28)).astype("float32")
 y = np.arange(16) % 10
 np.save(f"{out}/x.npy", x)
-for name, build in (("seq", sequential), ("fn", functional)):
+for name, build in (("seq", sequential), ("fn", functional), ("bn", ghost_bn)):
     model = build()
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=name == "fn"))
-    model.fit(x, y, epochs=3, verbose=0)  # trained: weights differ from their initial values
-    gn = next(l for l in model.layers if isinstance(l, tfa.layers.GroupNormalization))
-    np.save(f"{out}/{name}_gamma.npy", gn.gamma.numpy())
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0)  # trained: weights moved from their start
+    if name != "bn":
+        gn = next(l for l in model.layers if isinstance(l, tfa.layers.GroupNormalization))
+        np.save(f"{out}/{name}_gamma.npy", gn.gamma.numpy())
     np.save(f"{out}/{name}_y.npy", model.predict(x, verbose=0))
     model.save(f"{out}/{name}.h5")
     model.save(f"{out}/{name}.keras")

@@ -9,7 +9,7 @@ import pytest
 
 import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
-from typer.testing import CliRunner  # noqa: E402
+from conftest import CliRunner  # noqa: E402
 
 from normbench import bench, data, grid, norms, spec as specs  # noqa: E402
 from normbench.cli import app  # noqa: E402
@@ -90,4 +90,4 @@ def test_bench_memory_reports_a_child_runs_peak(tmp_path):
 
 def test_bench_train_refuses_a_single_epoch():
     result = runner.invoke(app, ["bench", "train", "--epochs", "1"])
-    assert result.exit_code == 2 and "greater than or equal to 2" in result.output
+    assert result.exit_code == 2 and "--epochs" in result.output and "2" in result.output

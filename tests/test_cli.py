@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import CliRunner
 
 from normbench import __version__
 from normbench.cli import app

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
+from conftest import CliRunner
 
 from normbench import stats, store, tables
 from normbench.cli import app

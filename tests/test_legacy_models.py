@@ -72,3 +72,15 @@ def test_not_a_model_file(tmp_path):
     junk.write_text("hello")
     with pytest.raises(ValueError, match="neither a .keras archive nor an HDF5 file"):
         layers.load_model(junk)
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_tf_keras2_batchnorm_with_virtual_batch_size_loads(saved, fmt):
+    """tf.keras 2 saved BatchNormalization(virtual_batch_size=4); Keras 3's layer has no such
+    argument: it loads as normbench's, with the saved moving statistics and the same predictions."""
+    loaded = layers.load_model(saved / f"bn.{fmt}")
+    (bn,) = [l for l in loaded.layers if "BatchNormalization" in type(l).__name__]
+    if layers.KERAS_3:
+        assert isinstance(bn, layers.BatchNormalization) and bn.virtual_batch_size == 4
+    x = np.load(saved / "x.npy")
+    assert rel_error(loaded.predict(x, verbose=0), np.load(saved / "bn_y.npy")) < 1e-5

@@ -211,7 +211,7 @@ def _newer_schema():
     from pydantic import Field
 
     class NewTrain(specs.TrainSpec):
-        warmup_epochs: int = 0
+        future_option: int = 0
         track_to: str | None = Field(None, json_schema_extra=specs.OUTSIDE_IDENTITY)
 
     class NewSpec(specs.Spec):
@@ -229,7 +229,7 @@ def test_a_new_field_at_its_default_keeps_every_run_id(tmp_path):
             assert specs.spec_hash(new, without_seed=True) == specs.spec_hash(old, without_seed=True)
             tracked = new.model_copy(update={"train": new.train.model_copy(update={"track_to": "x"})})
             assert specs.spec_hash(tracked) == specs.spec_hash(old)  # outside the identity
-            changed = new.model_copy(update={"train": new.train.model_copy(update={"warmup_epochs": 2})})
+            changed = new.model_copy(update={"train": new.train.model_copy(update={"future_option": 2})})
             assert specs.spec_hash(changed) != specs.spec_hash(old)
 
 

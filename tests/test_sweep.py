@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import CliRunner
 
 from normbench import grid, spec as specs, store, sweep, tables
 from normbench.cli import app
@@ -329,3 +329,13 @@ def test_ray_claims_a_run_only_when_it_is_handed_out(tmp_path, monkeypatch):
         assert window == [0, 1]  # the second run was claimed after the first was saved
     finally:
         ray.shutdown()
+
+
+def test_ray_token_authentication_failure_says_what_to_set():
+    class AuthenticationError(Exception):  # the shape of ray.exceptions.AuthenticationError
+        pass
+
+    error = sweep._ray_error("10.0.0.1:6379", AuthenticationError("Failed to authenticate"))
+    assert "RAY_AUTH_MODE=token" in str(error) and "10.0.0.1:6379" in str(error)
+    plain = sweep._ray_error("h:1", ConnectionError("connection refused"))
+    assert "cannot reach Ray at h:1: connection refused" in str(plain)

@@ -6,7 +6,7 @@ import pytest
 
 import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
-from typer.testing import CliRunner  # noqa: E402
+from conftest import CliRunner  # noqa: E402
 
 from normbench import norms, verify  # noqa: E402
 from normbench.cli import app  # noqa: E402

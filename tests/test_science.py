@@ -1,0 +1,214 @@
+"""The instruments of the Group Normalization paper's protocol: per-replica (ghost) BatchNorm,
+BN's test-time statistics (moving, PreciseBN, batch), SGD schedules, a deeper CNN, fixed steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from normbench import grid, layers, train  # noqa: E402
+from normbench.errors import NormbenchError  # noqa: E402
+
+KERAS_3 = layers.KERAS_3
+
+
+def ghost_reference(x, v, gamma, beta, eps):
+    """float64 NumPy: each group of v samples normalized over (group, H, W) per channel."""
+    x = x.astype(np.float64)
+    g = x.reshape(x.shape[0] // v, v, *x.shape[1:])
+    mean = g.mean(axis=(1, 2, 3), keepdims=True)
+    var = g.var(axis=(1, 2, 3), keepdims=True)
+    y = (g - mean) / np.sqrt(var + eps) * gamma + beta
+    return y.reshape(x.shape), mean, var
+
+
+@pytest.mark.parametrize("v", [1, 2, 4, 8])
+def test_ghost_batches_match_a_float64_reference(v):
+    rng = np.random.default_rng(v)
+    x = rng.normal(2.0, 3.0, (8, 5, 5, 3)).astype("float32")
+    gamma, beta = rng.normal(size=3), rng.normal(size=3)
+    bn = layers.BatchNormalization(virtual_batch_size=v, momentum=0.0, epsilon=1e-3)
+    bn.build(x.shape)
+    bn.gamma.assign(gamma.astype("float32"))
+    bn.beta.assign(beta.astype("float32"))
+    y = bn(x, training=True).numpy()
+    want, _, _ = ghost_reference(x, v, gamma, beta, 1e-3)
+    assert np.abs(y - want).max() < 1e-5 * np.abs(want).max()
+    # momentum 0: the moving statistics ARE the whole batch's (not the mean of group variances)
+    whole = x.astype(np.float64)
+    assert np.allclose(bn.moving_mean.numpy(), whole.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    assert np.allclose(bn.moving_variance.numpy(), whole.var(axis=(0, 1, 2)), rtol=1e-5)
+    groups_only = x.reshape(8 // v, v, 5, 5, 3).var(axis=(1, 2, 3)).mean(axis=0)
+    if v < 8:
+        assert not np.allclose(bn.moving_variance.numpy(), groups_only, rtol=1e-3)  # the bias avoided
+
+
+def test_ghost_gradients_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3, 3, 2))
+    gamma, beta = rng.normal(size=2), rng.normal(size=2)
+    dy = rng.normal(size=x.shape)
+    bn = layers.BatchNormalization(virtual_batch_size=2, epsilon=1e-3, dtype="float64")
+    bn.build(x.shape)
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(bn(xt, training=True) * dy)
+    dx, dgamma, dbeta = tape.gradient(loss, [xt, bn.gamma, bn.beta])
+
+    def f(xv, g, b):
+        return float((ghost_reference(xv, 2, g, b, 1e-3)[0] * dy).sum())
+
+    h = 1e-6
+    num_dx = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += h
+        down[idx] -= h
+        num_dx[idx] = (f(up, gamma, beta) - f(down, gamma, beta)) / (2 * h)
+    num_dg = np.array([(f(x, gamma + h * e, beta) - f(x, gamma - h * e, beta)) / (2 * h)
+                       for e in np.eye(2)])
+    num_db = np.array([(f(x, gamma, beta + h * e) - f(x, gamma, beta - h * e)) / (2 * h)
+                       for e in np.eye(2)])
+    assert np.abs(dx.numpy() - num_dx).max() < 1e-5
+    assert np.abs(dgamma.numpy() - num_dg).max() < 1e-5 and np.abs(dbeta.numpy() - num_db).max() < 1e-5
+
+
+def test_without_virtual_batch_size_it_is_exactly_keras():
+    x = np.random.default_rng(1).normal(1, 2, (8, 4, 4, 3)).astype("float32")
+    ours, theirs = layers.BatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+    for _ in range(3):
+        assert np.array_equal(ours(x, training=True).numpy(), theirs(x, training=True).numpy())
+    assert np.array_equal(ours.moving_variance.numpy(), theirs.moving_variance.numpy())
+    assert np.array_equal(ours(x, training=False).numpy(), theirs(x, training=False).numpy())
+
+
+def test_inference_is_unchanged_and_config_round_trips(tmp_path):
+    x = np.random.default_rng(2).normal(size=(8, 4, 4, 3)).astype("float32")
+    bn = layers.BatchNormalization(virtual_batch_size=4, momentum=0.5)
+    bn(x, training=True)
+    want = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    assert np.abs(bn(x, training=False).numpy() - want).max() < 1e-5
+    again = layers.BatchNormalization.from_config(bn.get_config())
+    assert again.virtual_batch_size == 4 and again.momentum == 0.5
+    model = keras.Sequential([keras.Input((4, 4, 3)), layers.BatchNormalization(virtual_batch_size=2)])
+    model(x, training=True)
+    path = tmp_path / ("m.keras" if KERAS_3 else "m.h5")
+    model.save(path)
+    loaded = layers.load_model(path)
+    assert loaded.layers[-1].virtual_batch_size == 2
+    assert np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_batch_that_is_not_a_multiple_is_refused():
+    bn = layers.BatchNormalization(virtual_batch_size=3)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        bn(np.zeros((4, 2, 2, 1), "float32"), training=True)
+
+
+def test_precise_and_batch_statistics_on_a_model_with_a_known_answer():
+    """A model that is one BN layer: PreciseBN's statistics are the data's population moments,
+    and 'batch' mode normalizes each batch in groups of v as training does."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(5.0, 2.0, (64, 3, 3, 2)).astype("float32")
+    bn = layers.BatchNormalization(virtual_batch_size=4, center=False, scale=False)
+    model = keras.Sequential([keras.Input((3, 3, 2)), bn])
+    model(x[:8], training=True)  # moving statistics move a little away from 0 / 1
+    used = train.precise_statistics(model, x, batch=16, samples=48)
+    assert used == 48
+    population = x[:48].astype(np.float64)
+    assert np.allclose(bn.moving_mean.numpy(), population.mean(axis=(0, 1, 2)), atol=1e-5)
+    assert np.allclose(bn.moving_variance.numpy(), population.var(axis=(0, 1, 2)), rtol=1e-5)
+    with layers.bn_statistics("batch"):
+        y = model(x[:8], training=False).numpy()
+    want, _, _ = ghost_reference(x[:8], 4, 1.0, 0.0, bn.epsilon)
+    assert np.abs(y - want).max() < 1e-4
+
+
+def test_schedules_give_the_learning_rate_at_each_step():
+    step = train.LearningRate(0.1, total_steps=100, kind="step", milestones=(0.3, 0.6), decay=0.1)
+    assert [round(float(step(s)), 6) for s in (0, 29, 30, 59, 60, 99)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    cosine = train.LearningRate(0.1, total_steps=100, warmup_steps=10, kind="cosine")
+    assert float(cosine(0)) == pytest.approx(0.01)  # warmup: (0 + 1) / 10 of the peak
+    assert float(cosine(9)) == pytest.approx(0.1)
+    assert float(cosine(55)) == pytest.approx(0.05, rel=1e-5)  # half way from 10 to 100
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
+    constant = train.LearningRate(0.2, total_steps=50, warmup_steps=4)
+    assert [round(float(constant(s)), 6) for s in (0, 1, 3, 40)] == [0.05, 0.1, 0.2, 0.2]
+
+
+def _spec(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndataset: mnist-10k\n" + text)
+    return grid.load(path)
+
+
+def test_optimizer_and_plan_follow_the_spec(tmp_path):
+    spec = _spec(tmp_path, "train: {optimizer: sgd, momentum: 0.9, nesterov: true, "
+                           "learning_rate: 0.1, batch_size: 64, lr_scaling: linear, "
+                           "base_batch_size: 32, schedule: step, steps: 300}\n")
+    optimizer = train.make_optimizer(spec.train, 300, 125)
+    assert optimizer.momentum == pytest.approx(0.9) and optimizer.nesterov
+    rate = optimizer.learning_rate
+    assert isinstance(optimizer._learning_rate, train.LearningRate) if KERAS_3 else True
+    fit = train._Fit(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), None, spec.train)
+    assert fit.plan(8000) == (3, 300, 0)  # 125 steps an epoch: 3 epochs, the last cut short
+    sqrt = _spec(tmp_path, "train: {lr_scaling: sqrt, batch_size: 128}\n")
+    assert sqrt.train.effective_learning_rate == pytest.approx(0.001 * 2)
+    del rate
+
+
+def test_vgg_puts_the_norm_after_every_conv(tmp_path):
+    from normbench import norms
+    from normbench.models import build_model
+
+    spec = _spec(tmp_path, "model: {arch: vgg, widths: [8, 8, M, 16, 16, M, 32], "
+                           "norm: {type: batch, virtual_batch_size: 4}}\n")
+    made = norms.make(spec.model.norm)
+    model = build_model(spec.model, made.norm, made.conv)
+    kinds = [type(l).__name__ for l in model.layers]
+    assert kinds.count("Conv2D") == 5 and kinds.count("BatchNormalization") == 5
+    assert kinds.count("MaxPooling2D") == 2 and made.impl == "native"
+    assert all(layer.virtual_batch_size == 4 for layer in model.layers
+               if isinstance(layer, layers.BatchNormalization))
+    assert model.output_shape == (None, 10)
+
+
+def test_a_ghost_run_drops_the_last_smaller_batch_and_records_three_evaluations(tmp_path):
+    spec = _spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 8, momentum: 0.9, "
+                           "precise_samples: 256, eval_stats: precise}}\n"
+                           "train: {batch_size: 48, eval_every: 1, validation_split: 0.1}\n")
+    record = train.run_one(spec, smoke=True, quiet=True)
+    assert record.dropped_per_epoch == 900 % 48  # 1,000 smoke images less the 10% held out
+    assert set(record.bn_eval) == {"moving", "precise", "batch"}
+    assert record.bn_eval["precise"].samples == 256 // 48 * 48
+    assert record.test_accuracy == record.bn_eval["precise"].accuracy  # eval_stats picks it
+    assert record.history[-1].val_accuracy is not None and record.test_error_median5 is not None
+    assert any("not trained on" in w for w in record.warnings)
+
+
+def test_weight_decay_shrinks_the_weights(tmp_path):
+    plain = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, learning_rate: 0.05}\n")
+    decayed = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, "
+                              "learning_rate: 0.05, weight_decay: 0.05}\n")
+    norms_of = []
+    for spec in (plain, decayed):
+        record = train.run_one(spec, smoke=True, quiet=True)
+        assert record.status == "finished"
+        norms_of.append(record)
+    # same seed and data: the decayed run's final training loss differs (L2 pulls the weights)
+    assert not math.isclose(norms_of[0].train_loss, norms_of[1].train_loss, rel_tol=1e-6)
+
+
+def test_virtual_batch_size_must_divide_the_batch(tmp_path):
+    with pytest.raises(NormbenchError, match="virtual_batch_size: 5 does not divide train.batch_size=32"):
+        _spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 5}}\n")
