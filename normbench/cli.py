@@ -303,6 +303,31 @@ def plot(results_dir: Path = RESULTS,
 
 @app.command()
 @_friendly
+def report(spec_files: List[Path] = SPECS, results_dir: Path = RESULTS,
+           out_dir: Path = typer.Option(None, "--out", help="Where report.md, report.html and "
+                                        "the PNGs go (default: RESULTS/reports/NAME)."),
+           smoke: bool = typer.Option(False, "--smoke", help="Report the --smoke runs.")) -> None:
+    """Write a study's report: report.md, a self-contained report.html and PNG figures, with
+    test error per norm and batch (95% CIs), paired comparisons (Holm-adjusted p-values),
+    BatchNorm's three kinds of test statistics, the paper's numbers beside ours, and how the
+    runs were made. Every sentence with a number is computed from the records."""
+    from normbench import report as reports  # imports matplotlib
+
+    if not results_dir.is_dir():
+        raise NormbenchError(f"results directory {results_dir}: not found")
+    study = reports.load_study(list(spec_files), results_dir, smoke=smoke)
+    target = out_dir or results_dir / "reports" / study.name
+    if target.exists() and not target.is_dir():
+        raise NormbenchError(f"--out {target}: is a file, not a directory")
+    for path in reports.write(study, target):
+        say(f"wrote {path}")
+    if study.missing:
+        console.note(f"{len(study.missing)} run(s) of the study are not finished: the report "
+                     "covers the rest (normbench run completes them)")
+
+
+@app.command()
+@_friendly
 def verify(quick: bool = typer.Option(False, "--quick", help="Every 7th case and a smaller batch test."),
            format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
            failures_only: bool = typer.Option(False, "--failures", help="Show failed checks only.")

@@ -122,21 +122,41 @@ def parse_sweep_option(option: str) -> tuple[str, list]:
     return path.strip(), [parse_yaml(v, f"--sweep {option!r}") for v in raw.split(",")]
 
 
-def _grid(doc: dict, where: str, sweeps: list[tuple[str, list]]) -> tuple[dict[str, list], list]:
+def _check_axes(axes: Any, where: str) -> dict[str, list]:
+    if not isinstance(axes, dict):
+        raise NormbenchError(f"{where}: expected a mapping of field paths to lists, e.g. "
+                             "{train.batch_size: [2, 8, 32]}")
+    for key, values in axes.items():
+        if not isinstance(key, str) or not isinstance(values, list) or not values:
+            raise NormbenchError(f"{where}.{key}: expected a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise NormbenchError(f"{where}.{key}: repeated values in {values}")
+        linked = key.split("+")
+        if len(linked) > 1 and not all(isinstance(v, list) and len(v) == len(linked)
+                                       for v in values):
+            raise NormbenchError(f"{where}.{key}: linked paths take one list of {len(linked)} "
+                                 f"values per point, e.g. [[256, 32], [16, 2]]")
+    return dict(axes)
+
+
+def _grid(doc: dict, where: str, sweeps: list[tuple[str, list]]) -> tuple[list[dict[str, list]], list]:
+    """The sweep's grids (a mapping is one grid; a list of mappings is their union) with the
+    --sweep axes added to each, and the seeds. An axis `a+b: [[a1, b1], [a2, b2]]` sets linked
+    fields together (e.g. the batch size and the per-replica batch)."""
     sweep = doc.pop("sweep", None)
     seeds = doc.pop("seeds", None)
     if sweep is None:
         sweep = {}
-    if not isinstance(sweep, dict):
+    if isinstance(sweep, list) and sweep:
+        grids = [_check_axes(g, f"{where}: sweep[{i}]") for i, g in enumerate(sweep)]
+    elif isinstance(sweep, dict):
+        grids = [_check_axes(sweep, f"{where}: sweep")]
+    else:
         raise NormbenchError(f"{where}: sweep: expected a mapping of field paths to lists, e.g. "
-                             "{train.batch_size: [2, 8, 32]}")
-    sweep = dict(sweep)
-    sweep.update(sweeps)
-    for key, values in sweep.items():
-        if not isinstance(key, str) or not isinstance(values, list) or not values:
-            raise NormbenchError(f"{where}: sweep.{key}: expected a non-empty list of values")
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
-            raise NormbenchError(f"{where}: sweep.{key}: repeated values in {values}")
+                             "{train.batch_size: [2, 8, 32]}, or a list of such mappings")
+    for grid in grids:
+        grid.update(sweeps)
+        _check_axes(grid, f"{where}: sweep")
     if seeds is None:
         seeds = []
     elif isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
@@ -148,7 +168,18 @@ def _grid(doc: dict, where: str, sweeps: list[tuple[str, list]]) -> tuple[dict[s
     elif not seeds or len(set(map(str, seeds))) != len(seeds) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds):
         raise NormbenchError(f"{where}: seeds: a list must hold distinct integers >= 0, got {seeds}")
-    return sweep, seeds
+    return grids, seeds
+
+
+def _assignments(grids: list[dict[str, list]]):
+    """Every point of every grid, as {field path: value} with linked axes split."""
+    for grid in grids:
+        for point in itertools.product(*grid.values()):
+            assignment = {}
+            for key, value in zip(grid, point):
+                paths = key.split("+")
+                assignment.update(zip(paths, value) if len(paths) > 1 else [(key, value)])
+            yield assignment
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -163,7 +194,7 @@ class Grid:
 
     path: Path
     base: dict
-    axes: dict[str, list]
+    grids: list[dict[str, list]]  # one per mapping of the sweep (a list is their union)
     seeds: list[int]
     runs: list[Spec]
 
@@ -183,15 +214,14 @@ def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
     for override in overrides:
         apply_override(doc, override)
     doc.setdefault("name", path.stem)
-    axes, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps])
-    points = list(itertools.product(*axes.values()))
-    if len(points) * max(1, len(seeds)) > MAX_RUNS:
-        raise NormbenchError(f"{where}: the sweep has {len(points) * max(1, len(seeds))} runs "
+    grids, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps])
+    count = sum(len(list(itertools.product(*g.values()))) for g in grids)
+    if count * max(1, len(seeds)) > MAX_RUNS:
+        raise NormbenchError(f"{where}: the sweep has {count * max(1, len(seeds))} runs "
                              f"(limit {MAX_RUNS})")
     runs, labels, errors = [], [], []
-    for point in points:
+    for assignment in _assignments(grids):
         point_doc = copy.deepcopy(doc)
-        assignment = dict(zip(axes, point))
         for key, value in assignment.items():
             _set_path(point_doc, key.split("."), value, f"{where}: sweep {key}")
         for seed in seeds or [None]:
@@ -216,7 +246,7 @@ def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
             raise NormbenchError(f"{where}: sweep points [{seen[key]}] and [{text}] are the same run "
                                  "(aliases or default values resolve alike); remove the repeat")
         seen[key] = text
-    return Grid(path, doc, axes, seeds, runs)
+    return Grid(path, doc, grids, seeds, runs)
 
 
 def load_runs(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
@@ -249,8 +279,9 @@ def describe(grid: Grid) -> str:
     from normbench.spec import to_dict
 
     text = yaml.safe_dump(to_dict(grid.runs[0]), sort_keys=False)
-    if grid.axes or grid.seeds:
-        text += yaml.safe_dump({"sweep": grid.axes, **({"seeds": grid.seeds} if grid.seeds else {})},
+    axes = grid.grids[0] if len(grid.grids) == 1 else grid.grids
+    if any(grid.grids) or grid.seeds:
+        text += yaml.safe_dump({"sweep": axes, **({"seeds": grid.seeds} if grid.seeds else {})},
                                sort_keys=False, default_flow_style=None)
         text += f"# {len(grid.runs)} runs: the product of the axes x seeds; shown: the first\n"
     return text

@@ -8,7 +8,7 @@ from normbench import store, tables
 from normbench.errors import NormbenchError
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -74,7 +74,7 @@ def plot_all(records: list[store.RunRecord], out_dir: Path) -> list[Path]:
     """Every figure the records support; returns the files written."""
     if not records:
         raise NormbenchError("no finished runs to plot")
-    plt = _pyplot()
+    plt = pyplot()
     if out_dir.exists() and not out_dir.is_dir():
         raise NormbenchError(f"--out {out_dir}: is a file, not a directory")
     try:

@@ -78,3 +78,30 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float | None]:
     t = diff / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     return diff, 2.0 * (1.0 - t_cdf(abs(t), df))
+
+
+def paired(a: list[float], b: list[float], level: float = 0.95
+           ) -> tuple[float, float | None, float | None]:
+    """(mean of a - b, half-width of its Student-t CI, two-sided paired t-test p-value) for
+    values paired by position (the same seed); None where n < 2 or the spread is 0."""
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return mean, None, None
+    sd = statistics.stdev(diffs)
+    if sd == 0.0:
+        return mean, 0.0, None if mean == 0.0 else 0.0
+    t = mean / (sd / math.sqrt(n))
+    return mean, t_ppf(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n), 2.0 * (1.0 - t_cdf(abs(t), n - 1))
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (None stays None and is not counted)."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m, running = len(present), 0.0
+    adjusted: list[float | None] = [None] * len(p_values)
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

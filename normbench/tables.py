@@ -25,7 +25,8 @@ from normbench.store import RunRecord
 RUN_COLUMNS = ("run_id", "name", "status", "diverged_reason", "dataset", "dataset_requested",
                "smoke", "n_train", "n_test", "norm", "groups", "impl_requested", "impl_used",
                "params", "epochs", "batch_size", "seed", "test_accuracy", "test_loss",
-               "train_accuracy", "train_loss", "first_epoch_s", "steady_epoch_s",
+               "train_accuracy", "train_loss", "test_error_median5", "test_acc_moving",
+               "test_acc_precise", "test_acc_batch", "first_epoch_s", "steady_epoch_s",
                "steady_samples_per_s", "total_s", "tensorflow", "keras", "started")
 
 GROUP_COLUMNS = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "diverged",
@@ -35,6 +36,10 @@ GROUP_COLUMNS = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "
 
 # Columns shown only when some row needs them.
 OPTIONAL_COLUMNS = {"diverged": lambda v: bool(v), "note": lambda v: bool(v),
+                    "test_error_median5": lambda v: v is not None,
+                    "test_acc_moving": lambda v: v is not None,
+                    "test_acc_precise": lambda v: v is not None,
+                    "test_acc_batch": lambda v: v is not None,
                     "smoke": lambda v: bool(v), "config": lambda v: bool(v),
                     "diverged_reason": lambda v: bool(v)}
 
@@ -50,7 +55,10 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "impl_used": r.impl_used, "params": r.params, "epochs": r.epochs,
             "batch_size": r.batch_size, "seed": r.seed, "test_accuracy": r.test_accuracy,
             "test_loss": r.test_loss, "train_accuracy": r.train_accuracy,
-            "train_loss": r.train_loss, "first_epoch_s": r.first_epoch_s,
+            "train_loss": r.train_loss, "test_error_median5": r.test_error_median5,
+            **{f"test_acc_{mode}": r.bn_eval[mode].accuracy if r.bn_eval else None
+               for mode in ("moving", "precise", "batch")},
+            "first_epoch_s": r.first_epoch_s,
             "steady_epoch_s": r.steady_epoch_s, "steady_samples_per_s": r.steady_samples_per_s,
             "total_s": r.total_s, "tensorflow": r.env.get("tensorflow"),
             "keras": r.env.get("keras"), "started": r.started}
@@ -74,7 +82,7 @@ def value_label(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
 
 
-def _sort_key(value: Any) -> tuple:
+def sort_key(value: Any) -> tuple:
     """Orders mixed values (None, numbers, strings) without comparing across types."""
     if value is None:
         return (0, 0, "")
@@ -267,7 +275,7 @@ def pivot(rows: list[dict], by: str) -> tuple[list[dict], list[str]]:
                 cell += f" ± {100 * row['test_err_ci95']:.2f}"
         cell += f" (n={row['runs']}" + (f", {row['diverged']} diverged)" if row["diverged"] else ")")
         table.setdefault(key, {})[value_label(value)] = cell
-    values.sort(key=_sort_key)
+    values.sort(key=sort_key)
     columns = [value_label(v) for v in values]
     out = [{"name": name, "config": rest, "dataset": dataset, "smoke": smoke,
             **{c: cells.get(c) for c in columns}}
@@ -304,7 +312,7 @@ def fmt(column: str, value: Any) -> str:
 
 
 # Data formats (csv, json) keep a stable schema: only the failure columns come and go.
-DATA_OPTIONAL = ("diverged", "note", "diverged_reason")
+DATA_OPTIONAL = ("diverged", "note", "diverged_reason")  # csv/json: the rest always present
 
 
 def shown_columns(rows: list[dict], columns: Iterable[str], *, data: bool = False) -> list[str]:

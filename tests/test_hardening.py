@@ -58,7 +58,7 @@ SPECS = [
     ("a directory", "DIR", [], "is a directory"),
     ("a named pipe", "FIFO", [], "not a regular file"),
     ("missing file", "MISSING", [], "no such file"),
-    ("sweep not a mapping", b"name: a\nsweep: [1, 2]\n", [], "sweep: expected a mapping"),
+    ("sweep not a mapping", b"name: a\nsweep: [1, 2]\n", [], "sweep[0]: expected a mapping"),
     ("sweep with an empty list", b"name: a\nsweep: {train.seed: []}\n", [], "non-empty list"),
     ("seeds negative", b"name: a\nseeds: [-1]\n", [], "seeds: a list must hold"),
     ("seeds a string", b"name: a\nseeds: many\n", [], "seeds: expected a count"),

@@ -46,3 +46,14 @@ def test_against_scipy():
     a, b = [0.91, 0.93, 0.92, 0.95], [0.89, 0.90, 0.94]
     expected = sp.ttest_ind(a, b, equal_var=False).pvalue
     assert stats.welch(a, b)[1] == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_t_and_holm_against_scipy():
+    sp = pytest.importorskip("scipy.stats")
+    a, b = [0.91, 0.93, 0.90, 0.95, 0.92], [0.90, 0.90, 0.89, 0.93, 0.92]
+    mean, half, p = stats.paired(a, b)
+    assert mean == pytest.approx(0.014)
+    assert p == pytest.approx(sp.ttest_rel(a, b).pvalue, rel=1e-6)
+    low, high = sp.t.interval(0.95, 4, loc=mean, scale=sp.sem([x - y for x, y in zip(a, b)]))
+    assert half == pytest.approx((high - low) / 2, rel=1e-6)
+    assert stats.holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])

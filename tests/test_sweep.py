@@ -61,7 +61,7 @@ def test_every_invalid_grid_point_is_reported_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("text,fragment", [
-    ("sweep: [1, 2]\n", "sweep: expected a mapping"),
+    ("sweep: [1, 2]\n", "expected a mapping of field paths"),
     ("sweep: {train.epochs: []}\n", "non-empty list"),
     ("sweep: {train.epochs: [1, 1]}\n", "repeated values"),
     ("sweep: {train.epoch: [1, 2]}\n", "train.epoch: unknown key; did you mean 'epochs'?"),
@@ -339,3 +339,23 @@ def test_ray_token_authentication_failure_says_what_to_set():
     assert "RAY_AUTH_MODE=token" in str(error) and "10.0.0.1:6379" in str(error)
     plain = sweep._ray_error("h:1", ConnectionError("connection refused"))
     assert "cannot reach Ray at h:1: connection refused" in str(plain)
+
+
+def test_a_sweep_can_be_a_union_of_grids_with_linked_axes(tmp_path):
+    text = """name: u
+dataset: mnist-10k
+model: {norm: {momentum: 0.9}}
+seeds: 2
+sweep:
+  - model.norm.type: [batch]
+    train.batch_size+model.norm.virtual_batch_size: [[64, 8], [16, 2]]
+  - model.norm.type: [group, layer]
+    train.batch_size: [64, 16]
+"""
+    runs = grid.load_runs(write(tmp_path, text))
+    assert len(runs) == (2 + 4) * 2
+    bn = [(r.train.batch_size, r.model.norm.virtual_batch_size) for r in runs if r.model.norm.type == "batch"]
+    assert sorted(set(bn)) == [(16, 2), (64, 8)]
+    assert all(r.model.norm.virtual_batch_size is None for r in runs if r.model.norm.type != "batch")
+    with pytest.raises(NormbenchError, match="linked paths take one list of 2 values"):
+        grid.load_runs(write(tmp_path, text.replace("[[64, 8], [16, 2]]", "[64, 16]")))
