@@ -487,15 +487,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
     alone, as tf.keras 2's `virtual_batch_size` did, is biased low). With
     `virtual_batch_size=None` the layer is exactly Keras's. Inference uses the moving statistics
     (or, inside `bn_statistics('batch')`, those of the batch at hand, in groups of the same size).
-    The batch size must be a multiple of `virtual_batch_size`.
+    The batch size must be a multiple of `virtual_batch_size`; the layer keeps it as
+    `ghost_batch_size` (tf.keras 2's base class owns an attribute of the other name).
     """
 
     def __init__(self, virtual_batch_size=None, **kwargs):
-        # tf.keras 2 has an argument of this name with a biased moving variance: never pass it on
+        # tf.keras 2 has an argument (and attribute) of this name with a biased moving variance
+        # and 5-D weights: it is never passed on, and the value lives in `ghost_batch_size`
         super().__init__(**kwargs)
         if virtual_batch_size is not None and int(virtual_batch_size) < 1:
             raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
-        self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
+        self.ghost_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
         self.collected = None  # (sum, sum of squares, count) variables, in 'collect' mode
 
     def _channel_axis(self, rank: int) -> int:
@@ -506,7 +508,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         """x regrouped as (groups, v, ...) and each group's mean and variance (keepdims)."""
         rank = x.shape.rank
         channel = self._channel_axis(rank)
-        v = self.virtual_batch_size
+        v = self.ghost_batch_size
         shape = tf.shape(x)
         if v is None:
             grouped = x[None]
@@ -544,7 +546,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         mode = "train" if training else _BN_EVAL.get()
-        if mode == "moving" or (mode == "train" and (self.virtual_batch_size is None
+        if mode == "moving" or (mode == "train" and (self.ghost_batch_size is None
                                                      or not self.trainable or self.renorm)):
             return super().call(inputs, training=training, mask=mask)
         # statistics in float32 at least (float16 overflows), float64 kept as float64
@@ -581,7 +583,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def get_config(self):
         config = super().get_config()
-        config["virtual_batch_size"] = self.virtual_batch_size
+        config["virtual_batch_size"] = self.ghost_batch_size
         return config
 
 
@@ -612,25 +614,26 @@ def _translate_config(node, reshaped: set | None = None):
     if node.get("registered_name") in CUSTOM_OBJECTS:  # .keras configs: module + registered name
         node["module"] = __name__
         node["registered_name"] = f"normbench>{node['class_name']}"
-    if not KERAS_3:
-        return node
     config = node.get("config")
     special = KERAS2_ONLY_ARGUMENTS.get(node.get("class_name"))
     if special and isinstance(config, dict) and config.get(special[0]) is not None:
-        node["class_name"] = f"normbench>{special[1].__name__}"
-        if "module" in node:  # .keras archive
-            node["module"] = __name__
-            node["registered_name"] = f"normbench>{special[1].__name__}"
-        for keras2_only in ("adjustment", "fused", "renorm_clipping", "renorm_momentum"):
-            if config.get(keras2_only) is None or keras2_only == "fused":
-                config.pop(keras2_only, None)
-        # tf.keras 2 inserted a virtual-batch dimension at index 1: its saved axis is one higher
-        # and its weights are (1, 1, 1, 1, C); Keras 3's BN takes an int axis and (C,) weights
+        # tf.keras 2 inserted a virtual-batch dimension at index 1 when it built the layer and
+        # saved that shifted axis, which it cannot load itself: the axis is one lower
         axis = config.get("axis")
         axis = axis if isinstance(axis, list) else [axis]
-        if len(axis) == 1 and isinstance(axis[0], int):
-            config["axis"] = axis[0] - 1 if axis[0] > 0 else axis[0]
-        reshaped.add(config.get("name"))
+        if len(axis) == 1 and isinstance(axis[0], int) and axis[0] > 0:
+            config["axis"] = axis[0] - 1 if KERAS_3 else [axis[0] - 1]
+        if KERAS_3:  # Keras 3's BN has no such argument, an int axis and (C,) weights
+            node["class_name"] = f"normbench>{special[1].__name__}"
+            if "module" in node:  # .keras archive
+                node["module"] = __name__
+                node["registered_name"] = f"normbench>{special[1].__name__}"
+            for keras2_only in ("adjustment", "fused", "renorm_clipping", "renorm_momentum"):
+                if config.get(keras2_only) is None or keras2_only == "fused":
+                    config.pop(keras2_only, None)
+            reshaped.add(config.get("name"))
+    if not KERAS_3:
+        return node
     if node.get("module") == "keras.src.engine.functional":  # Keras 2's home of Functional
         node["module"] = "keras.src.models.functional"
     config = node.get("config")

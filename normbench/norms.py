@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -86,7 +87,9 @@ def tfa_status() -> tuple[bool, str]:
         return False, (f"tensorflow-addons needs Keras 2 (TF 2.13-2.15); this is TF {tf.__version__}"
                        f" with Keras {keras.__version__}")
     try:
-        import tensorflow_addons as tfa
+        with warnings.catch_warnings():  # tfa's end-of-life notice: the README says it once
+            warnings.simplefilter("ignore")
+            import tensorflow_addons as tfa
 
         tfa.layers.GroupNormalization(groups=1)(tf.zeros((1, 2, 2, 2)))
     except Exception as exc:  # tfa fails in many ways on stacks it does not support

@@ -74,6 +74,8 @@ def plot_all(records: list[store.RunRecord], out_dir: Path) -> list[Path]:
     """Every figure the records support; returns the files written."""
     if not records:
         raise NormbenchError("no finished runs to plot")
+    for name in {r.name for r in records}:  # before anything is drawn or created
+        figure_path(out_dir, name, "check")
     plt = pyplot()
     if out_dir.exists() and not out_dir.is_dir():
         raise NormbenchError(f"--out {out_dir}: is a file, not a directory")

@@ -213,19 +213,22 @@ def figure(study: Study, out: Path) -> Path:
                 mean, half = series[0].summary()
                 ax.hlines(100 * mean, min(xs_all), max(xs_all), colors=color, label=f"{norm} (any v)")
                 if half:
-                    ax.fill_between(xs_all, max(0, 100 * (mean - half)), 100 * (mean + half),
-                                    color=color, alpha=0.15)
+                    ax.fill_between(xs_all, max(0, 100 * (mean - half)),
+                                    min(100.0, 100 * (mean + half)), color=color, alpha=0.15)
                 continue
             xs = [c.x for c in series]
             means = [100 * c.summary()[0] for c in series]
             halves = [100 * (c.summary()[1] or 0.0) for c in series]
             ax.plot(xs, means, marker="o", color=color, label=norm)
             ax.fill_between(xs, [max(0.0, m - h) for m, h in zip(means, halves)],
-                            [m + h for m, h in zip(means, halves)], color=color, alpha=0.15)
+                            [min(100.0, m + h) for m, h in zip(means, halves)], color=color,
+                            alpha=0.15)  # an error band stays within what is possible
         if xs_all and all(x > 0 for x in xs_all):
             ax.set_xscale("log", base=2)
             ax.set_xticks(xs_all)
             ax.set_xticklabels([str(x) for x in xs_all])
+            if paper:
+                ax.invert_xaxis()  # as the paper draws it: the batch shrinks to the right
         ax.set_xlabel(study.x_label)
         ax.set_ylabel("test error (%)")
         ax.set_title(facet or study.name, fontsize=9)

@@ -6,12 +6,14 @@ workers and Ray tasks only train and return a record."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -77,6 +79,21 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM back for the duration (main thread, POSIX); they are delivered
+    when the block ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class _Driver:
     """Claims, saves and counts for every executor."""
@@ -100,10 +117,26 @@ class _Driver:
             return None
         return lock
 
+    def fill(self, queue: list[Planned], running: dict, window: int, submit) -> int:
+        """Claim runs from the end of `queue` and `submit` them until `window` are in flight
+        (claims are taken as each run is handed out); returns how many were passed over."""
+        passed = 0
+        while queue and len(running) < window:
+            item = queue.pop()
+            lock = self.claim(item)
+            if lock is None:
+                passed += 1
+                continue
+            running[submit(item)] = (item, lock)
+        return passed
+
     def save(self, item: Planned, record: RunRecord) -> None:
-        store.save(record, specs.to_yaml(item.spec), self.results_dir)
-        tables.append_summary(self.results_dir, record)
-        self.outcome.ran.append(record)
+        """Save, add the summary row and count the run, as one step that Ctrl-C or SIGTERM
+        cannot split (a signal arriving meanwhile is handled right after)."""
+        with _signals_held():
+            store.save(record, specs.to_yaml(item.spec), self.results_dir)
+            tables.append_summary(self.results_dir, record)
+            self.outcome.ran.append(record)
 
 
 def _status_path(results_dir: Path, rid: str) -> Path:
@@ -240,16 +273,12 @@ def run_pool(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool
     queue = list(reversed(todo))
     done = 0
     try:
+        def submit(item: Planned) -> cf.Future:
+            status = _status_path(results_dir, item.run_id)
+            return pool.submit(train_task, specs.to_dict(item.spec), smoke, str(status))
+
         while queue or running:
-            while queue and len(running) < jobs:
-                item = queue.pop()
-                lock = driver.claim(item)
-                if lock is None:
-                    done += 1
-                    continue
-                status = _status_path(results_dir, item.run_id)
-                running[pool.submit(train_task, specs.to_dict(item.spec), smoke, str(status))] = \
-                    (item, lock)
+            done += driver.fill(queue, running, jobs, submit)
             if progress:
                 progress(done, [_status_line(results_dir, item) for item, _ in running.values()])
             if not running:
@@ -365,13 +394,8 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
     done = 0
     try:
         while queue or pending:
-            while queue and len(pending) < window:
-                item = queue.pop()
-                lock = driver.claim(item)
-                if lock is None:
-                    done += 1
-                    continue
-                pending[task.remote(specs.to_dict(item.spec), smoke)] = (item, lock)
+            done += driver.fill(queue, pending, window,
+                                lambda item: task.remote(specs.to_dict(item.spec), smoke))
             if not pending:
                 continue
             ready, _ = ray.wait(list(pending), num_returns=1)

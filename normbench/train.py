@@ -25,6 +25,7 @@ from normbench.store import RunRecord, run_id  # noqa: E402
 log = logging.getLogger("normbench")
 CHANCE_ACCURACY = 0.12  # 10 classes: a model at or below this learned nothing
 LOSS_BLOWUP = 100.0  # final training loss above this multiple of the first call's: diverged
+UNIFORM_LOSS = math.log(10)  # cross-entropy of a uniform prediction over the 10 classes
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
               "rmsprop": keras.optimizers.RMSprop}
@@ -271,6 +272,9 @@ def diverged_reason(nonfinite: str | None, first_loss: float | None, final_loss:
             and final_loss > LOSS_BLOWUP * first_loss:
         return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x the "
                 f"first call's {first_loss:.4g}")
+    if final_loss > LOSS_BLOWUP * UNIFORM_LOSS:  # it blew up within the first call already
+        return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x that "
+                f"of a uniform guess over 10 classes ({UNIFORM_LOSS:.3f})")
     if test_accuracy < CHANCE_ACCURACY:
         return f"test accuracy {100 * test_accuracy:.1f}% is at chance (< {100 * CHANCE_ACCURACY:g}%)"
     return None

@@ -318,12 +318,14 @@ def test_only_network_errors_fall_back(tmp_path, monkeypatch):
     import urllib.request
 
     monkeypatch.setattr(urllib.request, "urlretrieve", full_disk)
-    try:  # Keras 3 imports urlretrieve into its own module; tf.keras 2 calls urllib's
-        import keras.src.utils.file_utils as file_utils
+    import importlib
 
-        monkeypatch.setattr(file_utils, "urlretrieve", full_disk, raising=False)
-    except ImportError:
-        pass
+    for where in ("keras.src.utils.file_utils", "keras.src.utils.data_utils"):  # Keras 3, 2
+        try:
+            monkeypatch.setattr(importlib.import_module(where), "urlretrieve", full_disk,
+                                raising=False)
+        except ImportError:
+            pass
     with pytest.raises(NormbenchError, match="No space left on device"):
         data.load("mnist")
 

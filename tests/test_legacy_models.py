@@ -81,6 +81,6 @@ def test_tf_keras2_batchnorm_with_virtual_batch_size_loads(saved, fmt):
     loaded = layers.load_model(saved / f"bn.{fmt}")
     (bn,) = [l for l in loaded.layers if "BatchNormalization" in type(l).__name__]
     if layers.KERAS_3:
-        assert isinstance(bn, layers.BatchNormalization) and bn.virtual_batch_size == 4
+        assert isinstance(bn, layers.BatchNormalization) and bn.ghost_batch_size == 4
     x = np.load(saved / "x.npy")
     assert rel_error(loaded.predict(x, verbose=0), np.load(saved / "bn_y.npy")) < 1e-5

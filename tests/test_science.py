@@ -99,13 +99,13 @@ def test_inference_is_unchanged_and_config_round_trips(tmp_path):
     want = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
     assert np.abs(bn(x, training=False).numpy() - want).max() < 1e-5
     again = layers.BatchNormalization.from_config(bn.get_config())
-    assert again.virtual_batch_size == 4 and again.momentum == 0.5
+    assert again.ghost_batch_size == 4 and again.momentum == 0.5
     model = keras.Sequential([keras.Input((4, 4, 3)), layers.BatchNormalization(virtual_batch_size=2)])
     model(x, training=True)
     path = tmp_path / ("m.keras" if KERAS_3 else "m.h5")
     model.save(path)
     loaded = layers.load_model(path)
-    assert loaded.layers[-1].virtual_batch_size == 2
+    assert loaded.layers[-1].ghost_batch_size == 2
     assert np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
@@ -178,7 +178,7 @@ def test_vgg_puts_the_norm_after_every_conv(tmp_path):
     kinds = [type(l).__name__ for l in model.layers]
     assert kinds.count("Conv2D") == 5 and kinds.count("BatchNormalization") == 5
     assert kinds.count("MaxPooling2D") == 2 and made.impl == "native"
-    assert all(layer.virtual_batch_size == 4 for layer in model.layers
+    assert all(layer.ghost_batch_size == 4 for layer in model.layers
                if isinstance(layer, layers.BatchNormalization))
     assert model.output_shape == (None, 10)
 

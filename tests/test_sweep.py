@@ -112,13 +112,13 @@ def test_dry_run_then_resume_then_force(tmp_path):
 
 
 def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
-    text = SWEEP.replace("seeds: 2", "seeds: 1") + "  train.learning_rate: [0.001, 1.0e+30]\n"
+    text = SWEEP.replace("seeds: 2", "seeds: 1") + "  train.learning_rate: [0.05, 1.0e+30]\n"
     text = text.replace("train: {epochs: 1, batch_size: 64}", "train: {epochs: 2, batch_size: 64, optimizer: sgd}")
     result = invoke("run", write(tmp_path, text), "--smoke", "-q", "--results", tmp_path / "r")
     assert result.exit_code == 0, result.output
     records = store.load_records(tmp_path / "r")[0]
     status = {(r.norm_type, r.learning_rate): r.status for r in records}
-    assert status[("none", 1e30)] == "diverged" and status[("none", 0.001)] == "finished"
+    assert status[("none", 1e30)] == "diverged" and status[("none", 0.05)] == "finished"
     assert "diverged)" in result.stderr
 
 
