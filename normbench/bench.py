@@ -318,24 +318,26 @@ def _fake_records(results_dir: Path, count: int) -> Path:
     return spec_file
 
 
-def bookkeeping(results_dir: Path, spec_file: Path, runs: int = 50) -> float:
-    """Seconds per finished run of what a sweep does around training (claim, the finished
-    check, the atomic save, the summary row, release) in a results directory that already
-    holds the scale sweep's records; new runs are new seeds of the same sweep."""
+def bookkeeping(results_dir: Path, spec_file: Path, runs: int = 100) -> float:
+    """Median seconds per finished run of what a sweep does around training (claim, the
+    finished check, the atomic save with its fsyncs, the summary row, release) in a results
+    directory that already holds the scale sweep's records; new runs are new seeds."""
     from normbench import store, tables
 
     fresh = grid.load_runs(spec_file, ["seeds=1"])
     specs_new = [s.model_copy(update={"train": s.train.model_copy(update={"seed": 5000 + k})})
-                 for k, s in enumerate(fresh[:runs])]
-    start = time.perf_counter()
+                 for k, s in enumerate((fresh * (runs // len(fresh) + 1))[:runs])]
+    times = []
     for k, spec in enumerate(specs_new):
         record = fake_record(spec, k)
+        start = time.perf_counter()
         lock = store.claim(results_dir, record.run_id)
         assert lock is not None and store.finished(results_dir, record.run_id) is None
         store.save(record, specs.to_yaml(spec), results_dir)
         tables.append_summary(results_dir, record)
         lock.release()
-    return (time.perf_counter() - start) / len(specs_new)
+        times.append(time.perf_counter() - start)
+    return _median(times)
 
 
 def bench_scale(*, sizes=(100, 1000, 10_000), repeats: int = 3,

@@ -133,10 +133,12 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
                                     "local Ray instance).")) -> None:
     """Train and evaluate each spec (every point of its sweep x seeds); finished runs are kept
     and skipped, so an interrupted sweep completes when run again."""
-    loaded = [spec for g in _load_all(spec_files, sets, sweeps) for spec in g.runs]
+    grids = _load_all(spec_files, sets, sweeps)
+    loaded = [spec for g in grids for spec in g.runs]
+    hashes = None if smoke else [h for g in grids for h in g.hashes]
     if smoke:
         loaded = grid.smoke(loaded, sets)
-    planned = sweep.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback)
+    planned = sweep.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback, hashes=hashes)
     todo = [p for p in planned if force or not p.done]
     fell_back = sum(p.fallback and p.done for p in planned)
     if dry_run:

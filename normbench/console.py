@@ -93,40 +93,58 @@ def _cell(column: str, value: Any) -> str:
     return text
 
 
-def _build(rows: list[dict], columns: list[str], title: str) -> Table:
+def _is_text(column: str, rows: list[dict]) -> bool:
+    return column in TEXT_COLUMNS or (column not in tables.GROUP_COLUMNS + tables.RUN_COLUMNS
+                                      and not any(isinstance(r.get(column), (int, float))
+                                                  for r in rows))
+
+
+def _build(rows: list[dict], columns: list[str], cells: dict[str, list[str]], title: str) -> Table:
     table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD,
                   safe_box=True)
     for column in columns:
-        text = column in TEXT_COLUMNS or column not in tables.GROUP_COLUMNS + tables.RUN_COLUMNS \
-            and not any(isinstance(r.get(column), (int, float)) for r in rows)
+        text = _is_text(column, rows)
         table.add_column(Text(HEADERS.get(column, column)), justify="left" if text else "right",
                          no_wrap=not text, overflow="fold")
-    for row in rows:
-        table.add_row(*(Text(_cell(c, row.get(c))) for c in columns),
+    for i, row in enumerate(rows):
+        table.add_row(*(Text(cells[c][i]) for c in columns),
                       style="bold green" if row.get("best") else None)
     return table
+
+
+def _min_width(rows: list[dict], columns: list[str], cells: dict[str, list[str]]) -> int:
+    """The narrowest the table can be: numbers and headers whole, text wrapped at its longest
+    word (what rich itself would need), plus one space of padding each side of a column."""
+    width = 0
+    for column in columns:
+        header = HEADERS.get(column, column)
+        if _is_text(column, rows):
+            words = [w for text in cells[column] + [header] for w in text.split()]
+            width += max((len(w) for w in words), default=1)
+        else:
+            width += max([len(header)] + [len(text) for text in cells[column]])
+    return width + 2 * len(columns)
 
 
 def table(rows: list[dict], columns: Iterable[str], title: str, console: Console = out) -> Table:
     """A table of `rows` that fits the console: optional columns nobody needs are left out;
     when still too wide, text columns wrap, then columns in DROP_ORDER go."""
     shown = tables.shown_columns(rows, columns)
-    built = _build(rows, shown, title)
+    cells = {c: [_cell(c, row.get(c)) for row in rows] for c in shown}
     width = console.width
     for column in DROP_ORDER:
-        if built.__rich_measure__(console, console.options).minimum <= width:
+        if _min_width(rows, shown, cells) <= width:
             break
         if column in shown:
             shown = [c for c in shown if c != column]
-            built = _build(rows, shown, title)
-    return built
-
-
-MAX_TABLE_ROWS = 500  # beyond this, listings are plain lines: rich lays tables out in O(rows)
+    return _build(rows, shown, cells, title)
 
 
 def show(rows: list[dict], columns: Iterable[str], title: str) -> None:
     out.print(table(rows, columns, title))
+
+
+MAX_TABLE_ROWS = 500  # beyond this, listings are plain lines: rich lays tables out in O(rows)
 
 
 def lines(title: str, body: list[str]) -> None:

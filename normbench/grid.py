@@ -197,6 +197,7 @@ class Grid:
     grids: list[dict[str, list]]  # one per mapping of the sweep (a list is their union)
     seeds: list[int]
     runs: list[Spec]
+    hashes: list[str] | None = None  # spec_hash of each run (computed once, for run ids)
 
 
 def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
@@ -240,13 +241,15 @@ def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
     if errors:
         raise NormbenchError("\n".join(dict.fromkeys(errors)))
     seen: dict[str, str] = {}
+    hashes = []
     for spec, text in zip(runs, labels):
         key = spec_hash(spec)
+        hashes.append(key)
         if key in seen:
             raise NormbenchError(f"{where}: sweep points [{seen[key]}] and [{text}] are the same run "
                                  "(aliases or default values resolve alike); remove the repeat")
         seen[key] = text
-    return Grid(path, doc, grids, seeds, runs)
+    return Grid(path, doc, grids, seeds, runs, hashes)
 
 
 def load_runs(path: str | Path, overrides: tuple[str, ...] | list[str] = (),

@@ -290,8 +290,9 @@ def save(record: RunRecord, spec_yaml: str, results_dir: Path) -> Path:
     symlink) is moved aside first and removed after the new one is in place. The caller holds
     the run's claim."""
     final = run_dir(results_dir, record.run_id)
-    runs = prepare(results_dir)
+    runs = results_dir / "runs"  # proven writable by prepare() before training started
     try:
+        (runs / ".tmp").mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=runs / ".tmp", prefix=f"{record.run_id}."))
         os.chmod(staging, 0o777 & ~_umask())
         try:

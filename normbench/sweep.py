@@ -44,12 +44,13 @@ class Outcome:
 
 
 def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
-         retry_fallback: bool = False) -> list[Planned]:
+         retry_fallback: bool = False, hashes: list[str] | None = None) -> list[Planned]:
     """One entry per run, in grid order, and whether it is done. With `retry_fallback`, a run
-    that trained on fallback data (mnist-10k for an offline mnist) counts as not done."""
+    that trained on fallback data (mnist-10k for an offline mnist) counts as not done.
+    `hashes` (each run's spec_hash, when the caller has them) saves computing them again."""
     out, seen = [], set()
-    for spec in runs:
-        rid = store.run_id(spec.name, specs.spec_hash(spec), smoke)
+    for i, spec in enumerate(runs):
+        rid = store.run_id(spec.name, hashes[i] if hashes else specs.spec_hash(spec), smoke)
         if rid in seen:
             continue
         seen.add(rid)
@@ -117,6 +118,11 @@ class _Driver:
             return None
         return lock
 
+    def unaccounted(self, planned: int) -> int:
+        """Runs of the plan that were neither saved, skipped, busy nor failed: not run."""
+        o = self.outcome
+        return planned - len(o.ran) - o.skipped - len(o.busy) - len(o.failed)
+
     def fill(self, queue: list[Planned], running: dict, window: int, submit) -> int:
         """Claim runs from the end of `queue` and `submit` them until `window` are in flight
         (claims are taken as each run is handed out); returns how many were passed over."""
@@ -150,11 +156,9 @@ def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force
     from normbench import train  # imports TensorFlow
 
     driver = _Driver(results_dir, force, since, retry_fallback)
-    started = 0
     try:
         for i, item in enumerate(todo):
             lock = driver.claim(item)
-            started = i + 1
             if lock is None:
                 continue
             status = _status_path(results_dir, item.run_id)
@@ -174,7 +178,7 @@ def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force
                 lock.release()
     except KeyboardInterrupt:
         driver.outcome.interrupted = True
-        driver.outcome.not_started = len(todo) - started
+        driver.outcome.not_started = driver.unaccounted(len(todo))
     return driver.outcome
 
 
@@ -304,7 +308,7 @@ def run_pool(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool
             progress(done, [])
     except KeyboardInterrupt:
         driver.outcome.interrupted = True
-        driver.outcome.not_started = len(queue) + len(running)
+        driver.outcome.not_started = driver.unaccounted(len(todo))
     finally:
         _stop(pool)
         for future, (item, lock) in running.items():
@@ -415,7 +419,7 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
         for ref in pending:
             ray.cancel(ref, force=True)
         driver.outcome.interrupted = True
-        driver.outcome.not_started = len(queue) + len(pending)
+        driver.outcome.not_started = driver.unaccounted(len(todo))
     finally:
         for _, lock in pending.values():
             lock.release()
