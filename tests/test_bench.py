@@ -11,7 +11,7 @@ import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must
 
 from conftest import CliRunner  # noqa: E402
 
-from normbench import bench, data, grid, norms, spec as specs  # noqa: E402
+from normbench import bench, data, grid, norms  # noqa: E402
 from normbench.cli import app  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbench import data, grid, spec as specs
+from normbench import data, spec as specs
 from normbench.errors import NormbenchError
 
 ROOT = Path(__file__).parents[1]

@@ -8,7 +8,7 @@ import pytest
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from normbench import grid, norms, spec as specs  # noqa: E402
+from normbench import norms, spec as specs  # noqa: E402
 from normbench.layers import FilterResponseNormalization, RMSNormalization, WSConv2D  # noqa: E402
 from normbench.verify import rel_error  # noqa: E402
 

@@ -223,7 +223,7 @@ def test_accepted_variants_of_good_input(tmp_path):
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from normbench import cli, grid, norms, spec as specs  # noqa: E402
+from normbench import cli, norms, spec as specs  # noqa: E402
 
 FIELDS = {
     "model": ["arch", "conv_filters", "dense_units", "dropout", "widths", "norm"],

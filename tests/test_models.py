@@ -7,7 +7,7 @@ import pytest
 
 import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
-from normbench import grid, norms, spec as specs  # noqa: E402
+from normbench import norms, spec as specs  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from normbench import grid, norms, spec as specs
+from normbench import norms, spec as specs
 from normbench.errors import NormbenchError
 
 

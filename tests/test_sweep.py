@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CliRunner
 
-from normbench import grid, spec as specs, store, sweep, tables
+from normbench import grid, spec as specs, store, sweep
 from normbench.cli import app
 from normbench.errors import NormbenchError
 

@@ -15,7 +15,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from normbench import data, grid, layers, norms, spec as specs, store, sweep, train  # noqa: E402
+from normbench import data, grid, layers, norms, spec as specs, sweep, train  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
