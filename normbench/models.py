@@ -39,6 +39,18 @@ def build_model(model: ModelSpec, norm_factory: Callable[[], Any] | None,
         name="tutorial_cnn")
 
 
+def _block(conv, norm_factory) -> list:
+    """conv -> norm (if any) -> ReLU."""
+    return [conv, *([norm_factory()] if norm_factory is not None else []), keras.layers.ReLU()]
+
+
+def _head(layers: list, name: str) -> keras.Model:
+    """... -> global average pool -> Dense(10, softmax), as one Sequential model."""
+    return keras.Sequential(layers + [keras.layers.GlobalAveragePooling2D(),
+                                      keras.layers.Dense(NUM_CLASSES, activation="softmax")],
+                            name=name)
+
+
 def _convnet(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras.Model:
     """[Conv2D(w, 3x3, same) -> norm -> ReLU] per width -> global average pool -> Dense(10).
 
@@ -47,13 +59,9 @@ def _convnet(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras
     """
     layers = [keras.Input(shape=input_shape)]
     for i, width in enumerate(model.widths):
-        layers.append(conv_factory(width, CONV_KERNEL, strides=2 if i % 2 else 1, padding="same"))
-        if norm_factory is not None:
-            layers.append(norm_factory())
-        layers.append(keras.layers.ReLU())
-    layers += [keras.layers.GlobalAveragePooling2D(),
-               keras.layers.Dense(NUM_CLASSES, activation="softmax")]
-    return keras.Sequential(layers, name="convnet")
+        layers += _block(conv_factory(width, CONV_KERNEL, strides=2 if i % 2 else 1,
+                                      padding="same"), norm_factory)
+    return _head(layers, "convnet")
 
 
 def _vgg(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras.Model:
@@ -67,12 +75,7 @@ def _vgg(model: ModelSpec, norm_factory, conv_factory, input_shape) -> keras.Mod
     for width in model.widths:
         if width == "M":
             layers.append(keras.layers.MaxPooling2D(2))
-            continue
-        layers.append(conv_factory(width, CONV_KERNEL, padding="same",
-                                   use_bias=norm_factory is None))
-        if norm_factory is not None:
-            layers.append(norm_factory())
-        layers.append(keras.layers.ReLU())
-    layers += [keras.layers.GlobalAveragePooling2D(),
-               keras.layers.Dense(NUM_CLASSES, activation="softmax")]
-    return keras.Sequential(layers, name="vgg")
+        else:
+            layers += _block(conv_factory(width, CONV_KERNEL, padding="same",
+                                          use_bias=norm_factory is None), norm_factory)
+    return _head(layers, "vgg")
