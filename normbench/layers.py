@@ -547,25 +547,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         mode = "train" if training else _BN_EVAL.get()
         if mode == "moving" or (mode == "train" and (self.ghost_batch_size is None
-                                                     or not self.trainable or self.renorm)):
+                                                     or not self.trainable)):
             return super().call(inputs, training=training, mask=mask)
         # statistics in float32 at least (float16 overflows), float64 kept as float64
         x = tf.cast(inputs, tf.float64 if inputs.dtype == tf.float64 else tf.float32)
+        if mode == "train" and self.renorm:
+            return tf.cast(self._renormalize_in_groups(x), self.compute_dtype)
         y, mean, variance = self._normalize_in_groups(x)
-        rank = x.shape.rank
-        keep = [0] + [a + 1 for a in range(rank) if a != self._channel_axis(rank)]
-        group_mean = tf.reduce_mean(mean, axis=keep)  # every group holds the same count
-        if mode == "train":  # the whole batch's moments: E[var_g] + Var[mean_g]
-            spread = tf.reduce_mean(tf.square(mean - tf.reduce_mean(mean, axis=0, keepdims=True)),
-                                    axis=keep)
-            whole_variance = tf.reduce_mean(variance, axis=keep) + spread
-            dtype = self.moving_mean.dtype
-            momentum = tf.cast(self.momentum, dtype)
-            self.moving_mean.assign(self.moving_mean * momentum
-                                    + tf.cast(group_mean, dtype) * (1.0 - momentum))
-            self.moving_variance.assign(self.moving_variance * momentum
-                                        + tf.cast(whole_variance, dtype) * (1.0 - momentum))
+        if mode == "train":
+            self._update_moving(*self._whole_moments(mean, variance))
         elif mode == "collect":  # exact moments of every input this layer sees
+            rank = x.shape.rank
             channels = x.shape[self._channel_axis(rank)]
             axes = [a for a in range(rank) if a != self._channel_axis(rank)]
             x64 = tf.cast(x, tf.float64)
@@ -574,6 +566,65 @@ class BatchNormalization(keras.layers.BatchNormalization):
             squares.assign_add(tf.reduce_sum(tf.square(x64), axis=axes))
             count.assign_add(tf.cast(tf.size(x64) // channels, tf.float64))
         return tf.cast(y, self.compute_dtype)
+
+    def _whole_moments(self, mean, variance):
+        """The whole batch's (mean, variance) per channel from its groups' keepdims moments:
+        the mean of the means, and E[var_g] + Var[mean_g] (every group holds the same count)."""
+        rank = mean.shape.rank - 1
+        keep = [0] + [a + 1 for a in range(rank) if a != self._channel_axis(rank)]
+        whole_mean = tf.reduce_mean(mean, axis=keep)
+        spread = tf.reduce_mean(tf.square(mean - tf.reduce_mean(mean, axis=0, keepdims=True)),
+                                axis=keep)
+        return whole_mean, tf.reduce_mean(variance, axis=keep) + spread
+
+    def _update_moving(self, mean, variance):
+        dtype = self.moving_mean.dtype
+        momentum = tf.cast(self.momentum, dtype)
+        self.moving_mean.assign(self.moving_mean * momentum
+                                + tf.cast(mean, dtype) * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum
+                                    + tf.cast(variance, dtype) * (1.0 - momentum))
+
+    def _renormalize_in_groups(self, x):
+        """Batch Renormalization (Ioffe 2017) per group of v samples: each group's normalized
+        values are corrected by its own r = sigma_g / sigma and d = (mu_g - mu) / sigma (against
+        the layer's renorm averages, clipped, no gradient), so every group sees the same affine
+        map in value. The renorm and moving averages then take the whole batch's moments, with
+        Keras's update rules (moving variance from the moving standard deviation)."""
+        grouped, mean, variance = self._group_moments(x)
+        rank = x.shape.rank
+        shape = [1] * (rank + 1)
+        shape[self._channel_axis(rank) + 1] = -1
+        eps = tf.cast(self.epsilon, x.dtype)
+        stddev = tf.sqrt(variance + eps)
+        renorm_mean = tf.reshape(tf.cast(self.renorm_mean, x.dtype), shape)
+        renorm_stddev = tf.maximum(tf.reshape(tf.cast(self.renorm_stddev, x.dtype), shape),
+                                   tf.sqrt(eps))
+        r, d = stddev / renorm_stddev, (mean - renorm_mean) / renorm_stddev
+        clipping = self.renorm_clipping or {}
+        if clipping.get("rmin") is not None:
+            r = tf.maximum(r, tf.cast(clipping["rmin"], x.dtype))
+        if clipping.get("rmax") is not None:
+            r = tf.minimum(r, tf.cast(clipping["rmax"], x.dtype))
+        if clipping.get("dmax") is not None:
+            dmax = tf.cast(clipping["dmax"], x.dtype)
+            d = tf.clip_by_value(d, -dmax, dmax)
+        y = (grouped - mean) / stddev * tf.stop_gradient(r) + tf.stop_gradient(d)
+        if self.scale:
+            y = y * tf.reshape(tf.cast(self.gamma, x.dtype), shape)
+        if self.center:
+            y = y + tf.reshape(tf.cast(self.beta, x.dtype), shape)
+        whole_mean, whole_variance = self._whole_moments(mean, variance)
+        whole_stddev = tf.sqrt(whole_variance + eps)
+        average = lambda var, value, m: var.assign(  # noqa: E731
+            var * tf.cast(m, var.dtype) + tf.cast(value, var.dtype) * (1.0 - tf.cast(m, var.dtype)))
+        average(self.renorm_mean, whole_mean, self.renorm_momentum)
+        average(self.renorm_stddev, whole_stddev, self.renorm_momentum)
+        average(self.moving_mean, whole_mean, self.momentum)
+        moving_stddev = average(self.moving_stddev, whole_stddev, self.momentum)
+        self.moving_variance.assign(tf.nn.relu(tf.square(moving_stddev)
+                                               - tf.cast(self.epsilon, moving_stddev.dtype)))
+        return tf.reshape(y, tf.shape(x))
 
     def precise_statistics(self):
         """(mean, variance) of everything collected since the last reset (population moments)."""

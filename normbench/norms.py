@@ -152,17 +152,16 @@ def make(norm: Any) -> Made:
     affine = dict(epsilon=norm.epsilon, center=norm.center, scale=norm.scale,
                   beta_initializer=norm.beta_initializer, gamma_initializer=norm.gamma_initializer)
     kwargs = dict(axis=norm.axis, **affine)
-    if norm.type == "batch":  # Keras's layer, through normbench's subclass: ghost batches and
-        # the test-time statistics modes; with virtual_batch_size null it computes exactly Keras's
+    if norm.type in ("batch", "batch_renorm"):  # Keras's layer, through normbench's subclass:
+        # ghost batches and the test-time statistics modes; with virtual_batch_size null it
+        # computes exactly Keras's
         from normbench.layers import BatchNormalization
 
         v = getattr(norm, "virtual_batch_size", None)
         return Made(functools.partial(BatchNormalization, momentum=norm.momentum,
-                                      virtual_batch_size=v, **kwargs), conv,
+                                      virtual_batch_size=v, renorm=norm.type == "batch_renorm",
+                                      **kwargs), conv,
                     impl if v is None else "native")
-    if norm.type == "batch_renorm":
-        return Made(functools.partial(keras.layers.BatchNormalization, momentum=norm.momentum,
-                                      renorm=True, **kwargs), conv, impl)
     if norm.type == "layer_channels":
         return Made(functools.partial(keras.layers.LayerNormalization, **kwargs), conv, impl)
     if impl == "native":

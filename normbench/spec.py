@@ -132,10 +132,12 @@ class NormSpec(_Frozen):
 
     @model_validator(mode="after")
     def _impl_for_type(self) -> NormSpec:
-        if self.type != "batch" and self.virtual_batch_size is not None:
-            raise ValueError(f"virtual_batch_size applies to norm 'batch' only, not {self.type!r}")
-        if self.type != "batch" and self.eval_stats != "moving":
-            raise ValueError(f"eval_stats applies to norm 'batch' only, not {self.type!r}")
+        if self.type not in BATCH_NORMS and self.virtual_batch_size is not None:
+            raise ValueError("virtual_batch_size applies to norms 'batch' and 'batch_renorm' "
+                             f"only, not {self.type!r}")
+        if self.type not in BATCH_NORMS and self.eval_stats != "moving":
+            raise ValueError("eval_stats applies to norms 'batch' and 'batch_renorm' only, "
+                             f"not {self.type!r}")
         if norms.NORMS[self.type].channels_last_only and self.axis not in (-1, 3):
             raise ValueError(f"norm {self.type!r} works on the channel axis of NHWC only: "
                              f"axis must be -1 (or 3), got {self.axis}")
@@ -160,6 +162,7 @@ def _tfa_installed() -> bool:
 
 ARCHS = ("tutorial", "convnet", "vgg")
 EVAL_STATS = ("moving", "precise", "batch")
+BATCH_NORMS = ("batch", "batch_renorm")  # norms with batch statistics: ghost batches, eval_stats
 POOL = "M"  # in vgg widths: a 2x2 max pool
 
 
@@ -222,7 +225,7 @@ class ModelSpec(_Frozen):
                                  f"({source}); choose from {', '.join(map(str, divisors))}"
                                  + (", or -1" if len(set(dims)) == 1 else ""))
             updates["groups"] = groups
-        if norm.type not in ("batch", "batch_renorm"):
+        if norm.type not in BATCH_NORMS:
             updates["momentum"] = None
         self._set(norm=norm.model_copy(update=updates))
         return self
@@ -462,6 +465,7 @@ def summary(spec: Spec) -> str:
     if norm.virtual_batch_size is not None:
         detail += f" (statistics per {norm.virtual_batch_size} samples)"
     return (f"{spec.name}: {norm.type} norm{detail}{arch}, impl {norm.impl}, on {spec.dataset}, "
-            f"{t.epochs} epoch(s) x batch {t.batch_size}, {t.optimizer} "
+            f"{f'{t.steps} steps' if t.steps else f'{t.epochs} epoch(s)'} x batch {t.batch_size}, "
+            f"{t.optimizer} "
             f"lr={t.effective_learning_rate:g}, "
             f"seed {t.seed}")

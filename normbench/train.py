@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import time
+import weakref
 from pathlib import Path
 
 from normbench.console import EpochProgress, quiet_tensorflow  # noqa: E402
@@ -285,7 +286,7 @@ def _bn_warning(spec: specs.Spec, steps: int) -> str | None:
     values (0 and 1); evaluated earlier, the model uses statistics of nothing it has seen (the
     default 0.99 on a 125-step smoke run gave a constant predictor at 10.8%)."""
     momentum = spec.model.norm.momentum
-    if spec.model.norm.type not in ("batch", "batch_renorm") or momentum is None:
+    if spec.model.norm.type not in specs.BATCH_NORMS or momentum is None:
         return None
     needed = math.ceil(5 / (1 - momentum))
     if steps >= needed:
@@ -354,6 +355,20 @@ def _split(ds: data.Dataset, t: specs.TrainSpec):
     return ds.x_train[keep], ds.y_train[keep], ds.x_train[held], ds.y_train[held]
 
 
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {mode: function}
+
+
+def _predictor(model, mode: str):
+    """One traced inference function per model and BN mode (the mode is read while tracing), so
+    evaluating every epoch does not trace again."""
+    table = _PREDICTORS.setdefault(model, {})
+    if mode not in table:
+        ref = weakref.ref(model)  # the entry must not keep its own key alive
+        table[mode] = tf.function(lambda xb: ref()(xb, training=False), autograph=False,
+                                  reduce_retracing=True)
+    return table[mode]
+
+
 def evaluate(model, x, y, batch: int = EVAL_BATCH, *, mode: str = "moving") -> dict:
     """Test-set loss and accuracy with the BN statistics of `mode`; 'batch' normalizes the test
     images in batches of `batch` (groups of virtual_batch_size inside), so only the largest
@@ -362,8 +377,7 @@ def evaluate(model, x, y, batch: int = EVAL_BATCH, *, mode: str = "moving") -> d
     if n == 0:
         return {"loss": float("nan"), "accuracy": 0.0, "n": 0}
     with layers.bn_statistics(mode):
-        predict = tf.function(lambda xb: model(xb, training=False), autograph=False,
-                              reduce_retracing=True)
+        predict = _predictor(model, mode)
         loss_sum = correct = 0.0
         for i in range(0, n, batch):
             probs = predict(tf.convert_to_tensor(x[i:min(i + batch, n)]))
@@ -418,6 +432,15 @@ def _bn_evaluation(model, ds, x_train, spec: specs.Spec, moving: dict) -> dict:
     return found
 
 
+def initial_model(spec: specs.Spec):
+    """(model, made norm): the spec's model with its seed's initial weights. Norm layers draw no
+    random numbers, so a seed gives the same conv and dense weights for every norm and batch
+    (paired seeds)."""
+    made = norms.make(spec.model.norm)
+    keras.utils.set_random_seed(spec.train.seed)
+    return build_model(spec.model, made.norm, made.conv), made
+
+
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
             status_path: Path | None = None) -> RunRecord:
     """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)).
@@ -428,9 +451,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     ds = data.load(spec.dataset, smoke=smoke)
     t, norm = spec.train, spec.model.norm
     x_train, y_train, x_val, y_val = _split(ds, t)
-    made = norms.make(norm)
-    keras.utils.set_random_seed(t.seed)
-    model = build_model(spec.model, made.norm, made.conv)
+    model, made = initial_model(spec)
     n_train = len(y_train)
     decayed = None
     if t.weight_decay and not t.decay_norm_params:
@@ -467,7 +488,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, batch_size=EVAL_BATCH,
                                                   verbose=0)
         bn_eval = None
-        if norm.type == "batch" and math.isfinite(test_loss):
+        if norm.type in specs.BATCH_NORMS and math.isfinite(test_loss):
             bn_eval = _bn_evaluation(model, ds, x_train, spec, {
                 "loss": float(test_loss), "accuracy": float(test_accuracy), "n": len(ds.y_test)})
             test_loss = bn_eval[norm.eval_stats]["loss"]

@@ -83,7 +83,7 @@ SPECS = [
     ("virtual_batch_size not dividing", b"name: a\nmodel: {norm: {type: batch, virtual_batch_size: 5}}\n",
      [], "model.norm.virtual_batch_size: 5 does not divide train.batch_size=32"),
     ("virtual_batch_size for GN", b"name: a\nmodel: {norm: {virtual_batch_size: 4}}\n", [],
-     "virtual_batch_size applies to norm 'batch' only"),
+     "virtual_batch_size applies to norms 'batch' and 'batch_renorm' only"),
     ("unknown eval_stats", b"name: a\nmodel: {norm: {type: batch, eval_stats: precice}}\n", [],
      "did you mean 'precise'?"),
     ("precise_samples 0", b"name: a\nmodel: {norm: {type: batch, precise_samples: 0}}\n", [],

@@ -212,3 +212,83 @@ def test_weight_decay_shrinks_the_weights(tmp_path):
 def test_virtual_batch_size_must_divide_the_batch(tmp_path):
     with pytest.raises(NormbenchError, match="virtual_batch_size: 5 does not divide train.batch_size=32"):
         _spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 5}}\n")
+
+
+def test_a_seed_gives_the_same_initial_weights_for_every_norm_and_batch(tmp_path):
+    """Paired seeds: conv and dense kernels depend on the seed only, not on the norm or v."""
+    def kernels(text, seed=0):
+        spec = _spec(tmp_path, "model: {arch: vgg, widths: [8, M, 16], norm: " + text + "}\n"
+                               f"train: {{batch_size: 16, seed: {seed}}}\n")
+        model, _ = train.initial_model(spec)
+        return [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+
+    reference = kernels("{type: batch}")
+    assert len(reference) == 3  # two convs and the head's dense layer
+    for norm in ("{type: batch, virtual_batch_size: 2}", "{type: group, groups: 4}",
+                 "{type: layer}", "{type: instance}", "{type: batch_renorm}", "{type: none}"):
+        got = kernels(norm)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, got, strict=True)), norm
+    assert not np.array_equal(kernels("{type: batch}", seed=1)[0], reference[0])
+
+
+RENORM = dict(renorm=True, renorm_clipping={"rmin": 0.5, "rmax": 2.0, "dmax": 1.0},
+              renorm_momentum=0.5, momentum=0.6)
+RENORM_STATE = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev")
+
+
+def test_ghost_renorm_with_one_group_is_exactly_keras_renorm():
+    """v = the batch: one group, so normbench's per-group renorm must equal Keras's own renorm,
+    outputs, gradients and all five statistics, over steps that make r and d clip."""
+    rng = np.random.default_rng(5)
+    stock = keras.layers.BatchNormalization(**RENORM)
+    ghost = layers.BatchNormalization(virtual_batch_size=8, **RENORM)
+    for step in range(3):
+        x = tf.constant(rng.normal(2.0 * step, 1.0 + step, (8, 3, 3, 4)).astype("float32"))
+        outs, grads = [], []
+        for layer in (stock, ghost):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(y * y * 0.5 + y * tf.cast(tf.range(4), y.dtype))
+            outs.append(y.numpy())
+            grads.append(tape.gradient(loss, [x, layer.gamma, layer.beta]))
+        assert np.abs(outs[0] - outs[1]).max() < 1e-4, step
+        for a, b in zip(*grads):
+            assert np.abs(a.numpy() - b.numpy()).max() < 1e-3, step
+        for name in RENORM_STATE:
+            assert np.allclose(getattr(stock, name).numpy(), getattr(ghost, name).numpy(),
+                               rtol=1e-5, atol=1e-6), (step, name)
+
+
+def test_ghost_renorm_matches_a_float64_reference():
+    rng = np.random.default_rng(6)
+    x = rng.normal(1.0, 3.0, (8, 2, 2, 3)).astype("float32")
+    layer = layers.BatchNormalization(virtual_batch_size=4, **RENORM)
+    layer.build(x.shape)
+    layer.renorm_mean.assign([0.5, -0.5, 0.0])
+    layer.renorm_stddev.assign([2.0, 4.0, 1.0])
+    y = layer(x, training=True).numpy()
+    x64 = x.astype(np.float64)
+    g = x64.reshape(2, 4, 2, 2, 3)
+    mean, var = g.mean(axis=(1, 2, 3), keepdims=True), g.var(axis=(1, 2, 3), keepdims=True)
+    std = np.sqrt(var + layer.epsilon)
+    r = np.clip(std / np.array([2.0, 4.0, 1.0]), 0.5, 2.0)
+    d = np.clip((mean - np.array([0.5, -0.5, 0.0])) / np.array([2.0, 4.0, 1.0]), -1.0, 1.0)
+    want = ((g - mean) / std * r + d).reshape(x.shape)
+    assert np.abs(y - want).max() < 1e-5
+    whole_std = np.sqrt(x64.var(axis=(0, 1, 2)) + layer.epsilon)
+    assert np.allclose(layer.renorm_mean.numpy(), 0.5 * np.array([0.5, -0.5, 0.0])
+                       + 0.5 * x64.mean(axis=(0, 1, 2)), atol=1e-5)
+    assert np.allclose(layer.renorm_stddev.numpy(), 0.5 * np.array([2.0, 4.0, 1.0]) + 0.5 * whole_std,
+                       atol=1e-5)
+    moving_std = 0.6 * 1.0 + 0.4 * whole_std
+    assert np.allclose(layer.moving_stddev.numpy(), moving_std, atol=1e-5)
+    assert np.allclose(layer.moving_variance.numpy(), moving_std ** 2 - layer.epsilon, atol=1e-5)
+
+
+def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
+    spec = _spec(tmp_path, "model: {norm: {type: batch_renorm, virtual_batch_size: 8, "
+                           "momentum: 0.9, precise_samples: 128}}\ntrain: {batch_size: 32}\n")
+    record = train.run_one(spec, smoke=True, quiet=True)
+    assert record.status == "finished" and set(record.bn_eval) == {"moving", "precise", "batch"}
+    assert record.dropped_per_epoch == 1000 % 32
