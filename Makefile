@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LEGACY_PYTHON ?= python3.11
 LEGACY := .venv-legacy
 
-.PHONY: demo test bench venv clean legacy-venv legacy-test
+.PHONY: demo test bench studies venv clean legacy-venv legacy-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ bench: $(VENV)/.installed
 	$(BIN)/normbench bench cli
 	$(BIN)/normbench bench memory
 	$(BIN)/normbench bench workers --reps 3
+
+# The Group Normalization paper's three studies (configs/studies/), each into its committed
+# results directory, then its report. They resume: run again after an interruption.
+STUDIES := gn_paper_replicas gn_paper_groups gn_paper_ghost
+studies: $(VENV)/.installed
+	for s in $(STUDIES); do \
+	  $(BIN)/normbench run configs/studies/$$s.yaml -j 2 -q --results results/examples/studies/$$s \
+	  && $(BIN)/normbench report configs/studies/$$s.yaml --results results/examples/studies/$$s \
+	       --out results/examples/studies/$$s || exit 1; \
+	done
 
 # TF 2.15 + tensorflow-addons 0.23, where tfa still works: normbench is tested against it live.
 $(LEGACY)/.installed: requirements-legacy.txt pyproject.toml
