@@ -37,6 +37,11 @@ class Format(str, Enum):
     json = "json"
 
 
+class FigureFormat(str, Enum):
+    png = "png"
+    svg = "svg"
+
+
 class _WarningHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         console.warning(record.getMessage())
@@ -291,15 +296,19 @@ def compare(results_dir: Path = RESULTS,
 def plot(results_dir: Path = RESULTS,
          out_dir: Path = typer.Option(None, "--out", help="Where PNGs go (default: RESULTS/plots)."),
          filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",
-                                           help="Plot only matching runs.")) -> None:
-    """Write PNG figures: test error vs batch size per norm (95% CI bands, log2 axis), learning
-    curves, and a groups ablation when the runs vary model.norm.groups."""
+                                           help="Plot only matching runs."),
+         fmt: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f",
+                                          help="png (2x, for screens) or svg (for papers).")) -> None:
+    """Write figures: test error vs batch size (one colour per norm, 95% CI bands, log2 axis,
+    the paper's Table 2 beside it), learning curves (training loss and held-out/test error per
+    epoch, a panel per batch size), and a groups ablation when the runs vary model.norm.groups."""
     from normbench import plot as plots  # imports matplotlib
 
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
     records, _ = store.load_records(results_dir)
-    for path in plots.plot_all(tables.where(records, filters), out_dir or results_dir / "plots"):
+    for path in plots.plot_all(tables.where(records, filters), out_dir or results_dir / "plots",
+                               fmt.value, paper=plots.load_paper()):
         say(f"wrote {path}")
 
 
@@ -308,7 +317,10 @@ def plot(results_dir: Path = RESULTS,
 def report(spec_files: List[Path] = SPECS, results_dir: Path = RESULTS,
            out_dir: Path = typer.Option(None, "--out", help="Where report.md, report.html and "
                                         "the PNGs go (default: RESULTS/reports/NAME)."),
-           smoke: bool = typer.Option(False, "--smoke", help="Report the --smoke runs.")) -> None:
+           smoke: bool = typer.Option(False, "--smoke", help="Report the --smoke runs."),
+           fmt: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f",
+                                            help="Figures as png (2x) or svg; inlined in "
+                                                 "report.html either way.")) -> None:
     """Write a study's report: report.md, a self-contained report.html and PNG figures, with
     test error per norm and batch (95% CIs), paired comparisons (Holm-adjusted p-values),
     BatchNorm's three kinds of test statistics, the paper's numbers beside ours, and how the
@@ -321,7 +333,7 @@ def report(spec_files: List[Path] = SPECS, results_dir: Path = RESULTS,
     target = out_dir or results_dir / "reports" / study.name
     if target.exists() and not target.is_dir():
         raise NormbenchError(f"--out {target}: is a file, not a directory")
-    for path in reports.write(study, target):
+    for path in reports.write(study, target, fmt.value, results_dir):
         say(f"wrote {path}")
     if study.missing:
         console.note(f"{len(study.missing)} run(s) of the study are not finished: the report "

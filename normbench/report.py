@@ -22,10 +22,6 @@ from normbench import grid, spec as specs, stats, store, tables
 from normbench.errors import NormbenchError
 
 CHANCE_ERROR = 0.9  # 10 classes
-PAPER = Path(__file__).parent / "_assets" / "wu_he_2018.json"
-NORM_COLORS = {"batch": "#1f77b4", "group": "#d62728", "layer": "#2ca02c", "instance": "#9467bd",
-               "none": "#7f7f7f", "batch_renorm": "#17becf", "layer_channels": "#8c564b",
-               "frn": "#e377c2", "rms": "#bcbd22", "ws_group": "#ff7f0e"}
 
 
 def error_of(r: store.RunRecord) -> float:
@@ -66,6 +62,18 @@ class Study:
     missing: list[str]
     specs: list[specs.Spec]
     metric: str
+    spec_files: list[Path] = field(default_factory=list)
+    smoke: bool = False
+
+    @property
+    def records(self) -> list[store.RunRecord]:
+        return [r for c in self.cells for r in c.runs.values()]
+
+    @property
+    def context(self) -> str:
+        from normbench import plot
+
+        return plot.context(self.records)
 
 
 def _x_axis(records: list[store.RunRecord]) -> tuple[str, Any]:
@@ -119,7 +127,7 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -
     periodic = any(r.test_error_median5 is not None for r in records)
     metric = ("test error (%): median of the last 5 per-epoch evaluations (the paper's metric)"
               if periodic else "test error (%) at the end of training")
-    return Study(runs[0].name, x_label, order, missing, runs, metric)
+    return Study(runs[0].name, x_label, order, missing, runs, metric, list(spec_files), smoke)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,67 +201,49 @@ def sentence(c: Comparison) -> str:
 # Figures
 
 
-def figure(study: Study, out: Path) -> Path:
-    """Error vs x, one line per norm (fixed colours), 95% CI bands clipped at 0; a facet per
-    depth; for a per-replica study, the paper's Table 2 beside it."""
-    from normbench.plot import pyplot
+def error_figure(study: Study):
+    """Error vs x, one line per norm (fixed colours), 95% CI bands clipped at 0; a panel per
+    depth; for a per-replica study, the paper's Table 2 beside it. Returns the Figure."""
+    from normbench import plot
 
-    plt = pyplot()
-    facets = sorted({c.facet for c in study.cells})
-    paper = "per-replica" in study.x_label or "BN group" in study.x_label
-    panels = len(facets) + (1 if paper else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), dpi=200, squeeze=False)
-    for ax, facet in zip(axes[0], facets):
+    panels = []
+    per_replica = "per-replica" in study.x_label
+    for facet in sorted({c.facet for c in study.cells}):
         mine = [c for c in study.cells if c.facet == facet]
-        xs_all = sorted({c.x for c in mine if isinstance(c.x, (int, float))})
+        panel = plot.Panel(facet or "these runs", study.x_label, "test error (%), mean ± 95% CI",
+                           log2=True, invert=per_replica)
         for norm in sorted({c.norm for c in mine}):
             series = sorted((c for c in mine if c.norm == norm), key=lambda c: tables.sort_key(c.x))
-            color = NORM_COLORS.get(norm)
+            summaries = [c.summary() for c in series]
+            line = plot.Series(norm, plot.norm_name(norm), [c.x for c in series],
+                               [100 * m for m, _ in summaries],
+                               [None if h is None else 100 * h for _, h in summaries])
             if series and series[0].x == "any":  # independent of x: a level line over all of it
-                mean, half = series[0].summary()
-                ax.hlines(100 * mean, min(xs_all), max(xs_all), colors=color, label=f"{norm} (any v)")
-                if half:
-                    ax.fill_between(xs_all, max(0, 100 * (mean - half)),
-                                    min(100.0, 100 * (mean + half)), color=color, alpha=0.15)
-                continue
-            xs = [c.x for c in series]
-            means = [100 * c.summary()[0] for c in series]
-            halves = [100 * (c.summary()[1] or 0.0) for c in series]
-            ax.plot(xs, means, marker="o", color=color, label=norm)
-            ax.fill_between(xs, [max(0.0, m - h) for m, h in zip(means, halves)],
-                            [min(100.0, m + h) for m, h in zip(means, halves)], color=color,
-                            alpha=0.15)  # an error band stays within what is possible
-        if xs_all and all(x > 0 for x in xs_all):
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(xs_all)
-            ax.set_xticklabels([str(x) for x in xs_all])
-            if paper:
-                ax.invert_xaxis()  # as the paper draws it: the batch shrinks to the right
-        ax.set_xlabel(study.x_label)
-        ax.set_ylabel("test error (%)")
-        ax.set_title(facet or study.name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if paper:
-        ref = json.loads(PAPER.read_text())["batch_per_gpu"]
-        ax = axes[0][-1]
-        for norm in ("batch", "group"):
-            ax.plot(ref["N"], ref[norm], marker="s", color=NORM_COLORS[norm], label=norm)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ref["N"])
-        ax.set_xticklabels([str(n) for n in ref["N"]])
-        ax.invert_xaxis()
-        ax.set_xlabel("images per GPU")
-        ax.set_ylabel("ImageNet val error (%)")
-        ax.set_title("Wu & He 2018, Table 2 (ResNet-50, ImageNet)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{study.name}: {study.metric}", fontsize=9)
-    fig.tight_layout()
-    path = out / f"{study.name}-error.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+                line.label += " (any v)"
+                panel.levels.append(line)
+            else:
+                panel.series.append(line)
+        panels.append(panel)
+    if per_replica:
+        panels.append(plot.paper_panel(plot.load_paper()))
+    return plot.draw(panels, f"{study.name}: {study.metric}\n{study.context}")
+
+
+def curves_figure(study: Study):
+    """Learning curves (training loss, test error by epoch), a column per x value."""
+    from normbench import plot
+
+    xs = sorted({c.x for c in study.cells if c.x != "any"}, key=tables.sort_key)
+    short = study.x_label.split("(")[-1].rstrip(")") if "(" in study.x_label else study.x_label
+    groups: dict[str, dict[str, list]] = {}
+    for x in xs:
+        facet = f"{short} = {x}"
+        for cell in study.cells:
+            if cell.x in (x, "any"):
+                label = plot.norm_name(cell.norm) + (f" ({cell.facet})" if cell.facet else "")
+                groups.setdefault(facet, {}).setdefault(label, []).extend(cell.runs.values())
+    return plot.curves_figure(groups, f"{study.name}: learning curves, mean over seeds ± 95% CI "
+                                      f"({study.context})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,44 +295,87 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html_table(head: list[str], rows: list[list[str]]) -> str:
+def _html_table(head: list[str], rows: list[list[str]], *, table_id: str | None = None,
+                row_ids: list[str] | None = None) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<div class="scroll"><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>'
+    ids = row_ids or [None] * len(rows)
+    body = "".join((f'<tr id="{i}">' if i else "<tr>")
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r, i in zip(rows, ids))
+    table = f'<table id="{table_id}">' if table_id else "<table>"
+    return f'<div class="scroll">{table}<thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def provenance(study: Study) -> dict[str, str]:
-    records = [r for c in study.cells for r in c.runs.values()]
+def provenance(study: Study, results_dir: Path | None = None) -> dict[str, str]:
+    """How this was run: the commands, commit, versions, machine and time."""
+    records = study.records
     env = records[0].env
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    wall = sum(r.total_s for r in records)
-    return {"runs": f"{len(records)} finished ({sum(r.status == 'diverged' for r in records)} "
+    summed = sum(r.total_s for r in records)
+    start = min(dt.datetime.fromisoformat(r.started) for r in records)
+    end = max(dt.datetime.fromisoformat(r.finished) for r in records)
+    files = " ".join(str(p) for p in study.spec_files) or study.name
+    where = f" --results {results_dir}" if results_dir is not None else ""
+    smoke = " --smoke" if study.smoke else ""
+    return {"commands": f"normbench run {files}{smoke} -j 2{where}; "
+                        f"normbench report {files}{smoke}{where}",
+            "runs": f"{len(records)} finished ({sum(r.status == 'diverged' for r in records)} "
                     f"diverged), {len(study.missing)} missing",
             "dataset": ", ".join(sorted({f'{r.dataset.name} ({r.dataset.n_train:,} train / '
                                          f'{r.dataset.n_test:,} test)' for r in records})),
-            "training time": f"{wall / 60:.1f} min of run time, summed over runs",
+            "wall time": f"{(end - start).total_seconds() / 60:.1f} min from the first run's start "
+                         f"to the last run's end ({start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC; "
+                         "resumed runs include the pause)",
+            "run time": f"{summed / 60:.1f} min, summed over runs",
             "versions": f"normbench {env.get('normbench')}, TensorFlow {env.get('tensorflow')}, "
                         f"Keras {env.get('keras')}, Python {env.get('python')}",
             "machine": f"{env.get('cpu')} x {env.get('cpu_count')}",
             "commit (report)": commit,
-            "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + f" on {platform.node()}"}
+            "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                       + f" on {platform.node()}"}
 
 
-def write(study: Study, out: Path) -> list[Path]:
-    """report.md, report.html (self-contained) and the figure; returns the files written."""
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:72rem;margin:0 auto;
+padding:1rem;line-height:1.45;color:#1d1d1f;overflow-wrap:anywhere}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+img{max-width:100%;height:auto;display:block}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums;font-size:.9rem}
+td,th{border:1px solid #ccc;padding:.25rem .5rem;white-space:nowrap;text-align:right}
+td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}
+pre{overflow-x:auto;background:#f6f6f6;padding:.5rem;white-space:pre}
+nav{display:flex;flex-wrap:wrap;gap:.25rem 1rem}
+.up{font-size:.8rem;margin-left:.5rem}
+.note{color:#555;font-size:.9rem}
+"""
+
+
+def _image(path: Path) -> str:
+    kind = "svg+xml" if path.suffix == ".svg" else "png"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/{kind};base64,{data}">'
+
+
+def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = None) -> list[Path]:
+    """report.md, report.html (self-contained) and the figures; returns the files written."""
+    from normbench import plot
+
     out.mkdir(parents=True, exist_ok=True)
-    png = figure(study, out)
+    error_png = plot.save(error_figure(study), out / f"{study.name}-error.{fmt}", fmt)
+    curves_png = plot.save(curves_figure(study), out / f"{study.name}-curves.{fmt}", fmt)
     found = comparisons(study)
     head, rows = results_table(study)
     bn_head, bn_rows = bn_modes_table(study)
     protocol = grid.describe(grid.Grid(Path(study.name), {}, [], [], study.specs[:1]))
-    facts = provenance(study)
+    facts = provenance(study, results_dir)
     sentences = [sentence(c) for c in found]
-    paper = json.loads(PAPER.read_text())
+    paper = plot.load_paper()
     p_rows = [["images per GPU"] + [str(n) for n in paper["batch_per_gpu"]["N"]],
               ["BN"] + [f"{v:.1f}" for v in paper["batch_per_gpu"]["batch"]],
               ["GN"] + [f"{v:.1f}" for v in paper["batch_per_gpu"]["group"]]]
@@ -354,10 +387,11 @@ def write(study: Study, out: Path) -> list[Path]:
     note = ("Means count a diverged run at chance-level error (90%); each cell gives n and how "
             "many diverged. p-values are paired t-tests over seeds, Holm-adjusted over the "
             f"{len(found)} comparisons of this report.")
-    md = [f"# {study.name}", "", f"Metric: {study.metric}.", "", "## Summary", ""]
+    md = [f"# {study.name}", "", f"{study.context}. Metric: {study.metric}.", "", "## Summary", ""]
     md += [f"- {s}" for s in sentences] or ["- (no comparison has two paired seeds yet)"]
     md += ["", "## Results", "", f"Rows: norm; columns: {study.x_label}. {note}", "",
-           _md_table(head, rows), f"![{study.name}]({png.name})", "",
+           _md_table(head, rows), f"![{study.name}: test error]({error_png.name})", "",
+           f"![{study.name}: learning curves]({curves_png.name})", "",
            "## The paper (Table 2, ImageNet val error %)", "", _md_table(p_rows[0], p_rows[1:]),
            "## BatchNorm's test-time statistics (test error %)", "",
            _md_table(bn_head, bn_rows) if bn_rows else "No BatchNorm runs.\n",
@@ -368,26 +402,38 @@ def write(study: Study, out: Path) -> list[Path]:
         md += ["", f"Missing runs ({len(study.missing)}): " + ", ".join(study.missing[:20])
                + (" ..." if len(study.missing) > 20 else "")]
     (out / "report.md").write_text("\n".join(md) + "\n")
-    image = base64.b64encode(png.read_bytes()).decode()
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+    (out / "report.html").write_text(_page(study, sentences, found, note, head, rows, error_png,
+                                           curves_png, p_rows, bn_head, bn_rows, cmp_head,
+                                           cmp_rows, protocol, facts))
+    return [out / "report.md", out / "report.html", error_png, curves_png]
+
+
+def _page(study, sentences, found, note, head, rows, error_png, curves_png, p_rows, bn_head,
+          bn_rows, cmp_head, cmp_rows, protocol, facts) -> str:
+    """The self-contained HTML page: images inlined, no request leaves the machine."""
+    up = '<a class="up" href="#summary">↑ summary</a>'
+    sections = [("results", "Results"), ("curves", "Learning curves"), ("paper", "The paper"),
+                ("bn", "BN statistics"), ("comparisons", "Comparisons"), ("how", "How this was run")]
+    nav = "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in sections)
+    items = "".join(f'<li>{html.escape(s)} <a href="#cmp-{k}">details</a></li>'
+                    for k, s in enumerate(sentences)) or "<li>(no comparison has two paired seeds yet)</li>"
+    cmp_table = _html_table(cmp_head, cmp_rows, row_ids=[f"cmp-{k}" for k in range(len(cmp_rows))])
+    missing = (f"<p class=note>{len(study.missing)} run(s) of the study are not finished; this "
+               "report covers the rest.</p>" if study.missing else "")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(study.name)}</title><style>
-body{{font-family:system-ui,sans-serif;max-width:72rem;margin:0 auto;padding:1rem;line-height:1.45;color:#222}}
-img{{max-width:100%;height:auto}} .scroll{{overflow-x:auto}} table{{border-collapse:collapse;font-variant-numeric:tabular-nums}}
-td,th{{border:1px solid #ccc;padding:.25rem .5rem;white-space:nowrap;text-align:right}} td:first-child,th:first-child{{text-align:left}}
-pre{{overflow-x:auto;background:#f6f6f6;padding:.5rem}} nav a{{margin-right:1rem}}
-</style></head><body>
-<h1>{html.escape(study.name)}</h1><p>Metric: {html.escape(study.metric)}.</p>
-<nav><a href="#summary">Summary</a><a href="#results">Results</a><a href="#paper">Paper</a><a href="#bn">BN statistics</a><a href="#comparisons">Comparisons</a><a href="#how">How this was run</a></nav>
-<h2 id="summary">Summary</h2><ul>{''.join(f'<li>{html.escape(s)}</li>' for s in sentences)}</ul>
-<h2 id="results">Results</h2><p>{html.escape(f'Rows: norm; columns: {study.x_label}. {note}')}</p>
-{_html_table(head, rows)}<p><img alt="{html.escape(study.name)} figure" src="data:image/png;base64,{image}"></p>
-<h2 id="paper">The paper (Table 2, ImageNet val error %)</h2>{_html_table(p_rows[0], p_rows[1:])}
-<h2 id="bn">BatchNorm's test-time statistics (test error %)</h2>{_html_table(bn_head, bn_rows) if bn_rows else '<p>No BatchNorm runs.</p>'}
-<h2 id="comparisons">Paired comparisons</h2>{_html_table(cmp_head, cmp_rows)}
-<h2 id="how">How this was run</h2><pre>{html.escape(protocol)}</pre>
-<ul>{''.join(f'<li>{html.escape(k)}: {html.escape(v)}</li>' for k, v in facts.items())}</ul>
+<title>{html.escape(study.name)}</title><style>{CSS}</style></head><body>
+<h1>{html.escape(study.name)}</h1>
+<p>{html.escape(study.context)}. Metric: {html.escape(study.metric)}.</p>{missing}
+<nav>{nav}</nav>
+<h2 id="summary">Summary</h2><ul>{items}</ul>
+<h2 id="results">Results{up}</h2><p class=note>{html.escape(f'Rows: norm; columns: {study.x_label}. {note}')}</p>
+{_html_table(head, rows, table_id="headline")}<p>{_image(error_png)}</p>
+<h2 id="curves">Learning curves{up}</h2><p>{_image(curves_png)}</p>
+<h2 id="paper">The paper (Table 2, ImageNet val error %){up}</h2>{_html_table(p_rows[0], p_rows[1:])}
+<h2 id="bn">BatchNorm's test-time statistics (test error %){up}</h2>{_html_table(bn_head, bn_rows) if bn_rows else '<p>No BatchNorm runs.</p>'}
+<h2 id="comparisons">Paired comparisons{up}</h2>{cmp_table}
+<h2 id="how">How this was run{up}</h2><pre>{html.escape(protocol)}</pre>
+<ul>{''.join(f'<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>' if k == 'commands' else f'<li>{html.escape(k)}: {html.escape(v)}</li>' for k, v in facts.items())}</ul>
 </body></html>
 """
-    (out / "report.html").write_text(page)
-    return [out / "report.md", out / "report.html", png]

@@ -21,7 +21,7 @@ ALLOWED = {
     "data": {"errors"}, "layers": {"console"}, "models": {"spec", "console"},
     "train": {"data", "layers", "models", "norms", "spec", "store", "console", "errors"},
     "sweep": {"spec", "store", "tables", "train", "errors"},
-    "plot": {"store", "tables", "errors"},
+    "plot": {"stats", "store", "tables", "errors"},
     "report": {"grid", "spec", "stats", "store", "tables", "plot", "errors"}, "verify": {"layers", "console", "tables", "norms"},
     "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data",
               "stats", "layers", "norms"},
