@@ -72,6 +72,7 @@ class Panel:
     log2: bool = False
     invert: bool = False  # the paper draws the batch shrinking to the right
     integer_x: bool = False
+    logy: bool = False  # errors and losses that fall by orders of magnitude
     bounds: tuple[float, float] = (0.0, 100.0)  # what the y values can be: bands are clipped
 
 
@@ -131,6 +132,8 @@ def draw(panels: list[Panel], title: str, *, columns: int | None = None, width: 
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if panel.invert:
             ax.invert_xaxis()
+        if panel.logy:
+            ax.set_yscale("log")
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title, fontsize=9)
@@ -281,7 +284,8 @@ def curves_figure(groups: dict[str, dict[str, list[store.RunRecord]]], title: st
     panels = []
     for _, ylabel, bounds, get in metrics:
         for facet, labels in groups.items():
-            panel = Panel(facet, "epoch", ylabel, integer_x=True, bounds=bounds)
+            panel = Panel(facet, "epoch", ylabel + " (log scale)", integer_x=True, bounds=bounds,
+                          logy=True)
             styles: dict[str, int] = {}
             for label, rs in labels.items():
                 styles[rs[0].norm_type] = styles.get(rs[0].norm_type, -1) + 1

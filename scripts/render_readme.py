@@ -17,10 +17,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # normbench itself: the studies' numbers come from its report code
 README = ROOT / "README.md"
 EXAMPLES = ROOT / "results" / "examples"
 BENCH = EXAMPLES / "bench"
 PAPER = ROOT / "normbench" / "_assets" / "wu_he_2018.json"
+STUDIES = EXAMPLES / "studies"
+STUDY_NAMES = ("gn_paper_replicas", "gn_paper_ghost", "gn_paper_groups")
 BLOCK = re.compile(r"(<!-- begin:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.S)
 
 
@@ -181,7 +184,76 @@ def validate_error() -> str:
     return "```\n$ normbench " + " ".join(args) + "\n" + done.stderr.strip() + "\n```\n"
 
 
-BLOCKS = {"paper": paper, "demo": demo, "bench": bench, "verify": verify,
+def pilot() -> str:
+    """The calibration runs that fixed the replicas study's learning rate and epochs."""
+    rows = []
+    for path in sorted((STUDIES / "pilot" / "runs").glob("*/metrics.json")):
+        r = _load(path)
+        t, norm = r["spec"]["train"], r["spec"]["model"]["norm"]
+        rows.append((r["started"], f"| {norm['type']} | {t['batch_size']} | "
+                     f"{norm.get('virtual_batch_size') or '-'} | {t['learning_rate']:g} | "
+                     f"{t['epochs']} | {t.get('validation_split', 0):g} | {t['seed']} | "
+                     f"{100 * r['test_accuracy']:.2f} |"))
+    head = ("| norm | batch | v | lr at 256 | epochs | held out | seed | test acc % |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(row for _, row in sorted(rows)) + "\n"
+
+
+def _study_block(name: str) -> list[str]:
+    from normbench import report
+
+    results = STUDIES / name
+    if not (results / "report.md").exists():
+        return [f"**`{name}`**: not run yet.", ""]
+    study = report.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], results)
+    facts = report.provenance(study)
+    head, rows = report.results_table(study)
+    xs = [c.x for c in study.cells if isinstance(c.x, (int, float))]
+    smallest = min(xs) if xs else None
+    found = report.comparisons(study)
+    keep = [report.sentence(c) for c in found
+            if smallest is not None and (f" at {smallest} " in f"{c.what} " or
+                                         c.what.endswith(f" at {smallest}"))]
+    done = len(study.records)
+    lines = [f"**`{name}`** ({study.context}; {done} of {done + len(study.missing)} runs; "
+             f"{facts['wall time'].split(' (')[0]}; "
+             f"[report](results/examples/studies/{name}/report.md), "
+             f"[html](results/examples/studies/{name}/report.html)). "
+             f"Test error %, mean ± 95% CI (n) by {study.x_label}:", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"- {s}" for s in keep] + [""]
+    return lines
+
+
+def studies() -> str:
+    """Each study's headline table and its comparisons at the smallest batch, from its records."""
+    out = []
+    ref = None
+    replicas = STUDIES / "gn_paper_replicas"
+    if (replicas / "report.md").exists():
+        from normbench import report
+
+        study = report.load_study([ROOT / "configs" / "studies" / "gn_paper_replicas.yaml"], replicas)
+        cells = [c for c in study.cells if c.norm == "batch" and isinstance(c.x, int)]
+        if cells:
+            top = max(cells, key=lambda c: c.x)
+            accs = [r.test_accuracy for r in top.runs.values()]
+            ref = (f"Reference (BN at v = {top.x}, batch {8 * top.x}): "
+                   f"{100 * sum(accs) / len(accs):.2f}% mean test accuracy over {len(accs)} seeds "
+                   f"(min {100 * min(accs):.2f}%); the floor, 98.5% on mnist-10k, is "
+                   f"{_met(sum(accs) / len(accs) >= 0.985)}.")
+    if ref:
+        out += [ref, ""]
+    for name in STUDY_NAMES:
+        out += _study_block(name)
+    if (replicas / "gn_paper_replicas-error.png").exists():
+        out += ["![gn_paper_replicas: test error by per-replica batch, beside the paper's Table 2]"
+                "(results/examples/studies/gn_paper_replicas/gn_paper_replicas-error.png)", ""]
+    return "\n".join(out)
+
+
+BLOCKS = {"paper": paper, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench, "verify": verify,
           "validate_error": validate_error}
 
 

@@ -69,8 +69,9 @@ def test_learning_curves_facet_by_batch_with_integer_epochs(make_record):
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 6  # 2 metrics (training loss, test error) x 3 batch sizes
     assert [ax.get_title() for ax in axes[:3]] == ["batch 2", "batch 8", "batch 32"]
-    assert {ax.get_ylabel() for ax in axes[:3]} == {"training loss"}
-    assert {ax.get_ylabel() for ax in axes[3:]} == {"test error (%)"}
+    assert {ax.get_ylabel() for ax in axes[:3]} == {"training loss (log scale)"}
+    assert {ax.get_ylabel() for ax in axes[3:]} == {"test error (%) (log scale)"}
+    assert all(ax.get_yscale() == "log" for ax in axes)
     for ax in axes:
         assert ax.get_xlabel() == "epoch"
         assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
