@@ -13,7 +13,7 @@ from typing import List
 import typer
 
 import normbench
-from normbench import console, grid, norms, store, sweep, tables
+from normbench import api, console, grid, norms, store, sweep, tables
 from normbench.console import say
 from normbench.errors import NormbenchError
 
@@ -164,9 +164,9 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
     if fell_back and not quiet:
         console.note(f"{fell_back} finished run(s) trained on fallback data (mnist-10k for an "
                      "offline mnist); --retry-fallback trains them again once the data is there")
-    outcome = _execute(todo, results_dir, smoke=smoke, force=force, since=since, quiet=quiet,
-                       jobs=jobs, executor=executor, address=address,
-                       retry_fallback=retry_fallback)
+    outcome = api.execute(todo, results_dir, smoke=smoke, force=force, since=since, quiet=quiet,
+                          jobs=jobs, executor=executor.value, address=address,
+                          retry_fallback=retry_fallback, describe=_summary)
     if outcome.ran:
         console.show(tables.group_rows(outcome.ran), TABLE_GROUP, "This invocation")
     if todo and not (outcome.interrupted and not outcome.ran):
@@ -191,35 +191,6 @@ def _summary(spec) -> str:
     from normbench import spec as specs
 
     return specs.summary(spec)
-
-
-def _execute(todo, results_dir: Path, *, smoke, force, since, quiet, jobs, executor, address,
-             retry_fallback):
-    if not todo:
-        return sweep.Outcome()
-    common = dict(smoke=smoke, force=force, since=since, retry_fallback=retry_fallback)
-    if executor is Executor.ray:
-        sweep.ray_preflight()
-    if executor is Executor.local:
-        jobs, why = sweep.worker_count(jobs, len(todo))
-        if why and not quiet:
-            console.note(f"starting {jobs} worker(s): {why}")
-    if executor is Executor.local and jobs == 1:
-        def announce(i: int, item) -> None:
-            if not quiet:
-                console.note(f"run {i + 1}/{len(todo)} {_summary(item.spec)}"
-                             + (" (smoke)" if smoke else ""))
-
-        return sweep.run_in_process(todo, results_dir, quiet=quiet, announce=announce, **common)
-    title = f"sweep (local, {jobs} workers)" if executor is Executor.local else "sweep (ray)"
-    bar, task = console.sweep_progress(len(todo), title, disable=quiet)
-    with bar:
-        def progress(done: int, running: list[str]) -> None:
-            bar.update(task, completed=done, running="; ".join(sorted(running))[:60])
-
-        if executor is Executor.ray:
-            return sweep.run_on_ray(todo, results_dir, address=address, progress=progress, **common)
-        return sweep.run_pool(todo, results_dir, jobs=jobs, progress=progress, **common)
 
 
 @app.command()
@@ -257,12 +228,25 @@ def compare(results_dir: Path = RESULTS,
                                         "(points)."),
             baseline: str = typer.Option(None, "--baseline", metavar="NAME|FIELD=VALUE",
                                          help="Add each experiment's accuracy difference to this "
-                                              "baseline (points) and Welch's t-test p-value.")) -> None:
+                                              "baseline (points) and Welch's t-test p-value."),
+            fail_under: List[str] = typer.Option([], "--fail-under", metavar="COLUMN=VALUE",
+                                                 help="CI gate: exit 1 if a shown experiment (or "
+                                                      "run, with --runs) is below VALUE in COLUMN "
+                                                      "(a fraction, e.g. test_acc_mean=0.93) or "
+                                                      "has no finished run. Repeatable."),
+            junit_xml: Path = typer.Option(None, "--junit-xml", metavar="PATH",
+                                           help="Write a JUnit XML report: one testcase per "
+                                                "experiment (or run), failed by --fail-under.")) -> None:
     """Compare finished runs: experiments (runs that differ only by seed) with n, mean, std and a
     95% Student-t confidence interval of test accuracy and error (reads only). Diverged runs are
     counted, never averaged in."""
+    from normbench import gates
+
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
+    if (fail_under or junit_xml) and by:
+        raise NormbenchError("--fail-under and --junit-xml check experiments or runs, not a --by pivot")
+    checks = gates.parse(fail_under, tables.RUN_COLUMNS if runs else tables.GROUP_COLUMNS)
     records, skipped = store.load_records(results_dir)
     records = tables.where(records, filters)
     if runs:
@@ -289,6 +273,23 @@ def compare(results_dir: Path = RESULTS,
         console.note(f"note: {note}")
     for name, why in skipped:
         console.note(f"skipped {name}: {why}")
+    if not (checks or junit_xml):
+        return
+    verdicts = gates.judge(rows, checks, runs)
+    if junit_xml:
+        gates.junit_xml(verdicts, junit_xml)
+        console.note(f"wrote {junit_xml}")
+    failed = [v for v in verdicts if v.failures]
+    for v in failed:
+        console.note(f"FAIL {v.label}: " + "; ".join(v.failures))
+    if checks and not verdicts:
+        console.note("FAIL: no runs to check (nothing matches)")
+        raise typer.Exit(1)
+    if failed:
+        raise typer.Exit(1)
+    if checks:
+        console.note(f"passed: {len(verdicts)} {'run(s)' if runs else 'experiment(s)'} at or above "
+                     + ", ".join(f"{g.column}={g.threshold:g}" for g in checks))
 
 
 @app.command()

@@ -201,21 +201,24 @@ class Grid:
 
 
 def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
-              sweeps: tuple[str, ...] | list[str] = ()) -> Grid:
-    """Read one spec file, apply overrides and sweep options, and validate every grid point.
+              sweeps: tuple[str, ...] | list[str] = (), *, doc: dict | None = None,
+              axes: list[tuple[str, list]] | tuple = ()) -> Grid:
+    """Read one spec file (or take `doc`, a spec document, with `path` naming it), apply
+    overrides, sweep options and sweep `axes` ((path, values) pairs), and validate every grid
+    point.
 
     Invalid grid points are all reported at once, one per line, before anything runs; grid points
     that resolve to the same run (aliases such as gn/group, or a value equal to the default) are
     an error too, since a sweep that counts one run three times misleads."""
     path = Path(path)
     where = str(path)
-    doc = parse_yaml(read_text(path), where)
+    doc = parse_yaml(read_text(path), where) if doc is None else copy.deepcopy(doc)
     if not isinstance(doc, dict):
         validate(doc, where)  # raises: not a mapping
     for override in overrides:
         apply_override(doc, override)
     doc.setdefault("name", path.stem)
-    grids, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps])
+    grids, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps] + list(axes))
     count = sum(len(list(itertools.product(*g.values()))) for g in grids)
     if count * max(1, len(seeds)) > MAX_RUNS:
         raise NormbenchError(f"{where}: the sweep has {count * max(1, len(seeds))} runs "

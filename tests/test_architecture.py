@@ -21,6 +21,8 @@ ALLOWED = {
     "data": {"errors"}, "layers": {"console"}, "models": {"spec", "console"},
     "train": {"data", "layers", "models", "norms", "spec", "store", "console", "errors"},
     "sweep": {"spec", "store", "tables", "train", "errors"},
+    "api": {"console", "grid", "spec", "store", "sweep", "tables", "errors"},
+    "gates": {"store", "errors"},
     "plot": {"stats", "store", "tables", "errors"},
     "report": {"grid", "spec", "stats", "store", "tables", "plot", "errors"}, "verify": {"layers", "console", "tables", "norms"},
     "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data",

@@ -1,0 +1,115 @@
+"""The Python API: normbench.run and normbench.load_results, as a notebook or CI script uses them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import normbench
+from normbench.errors import NormbenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {"name": "api", "dataset": "mnist-10k",
+        "model": {"norm": {"type": "group", "groups": 5}}, "train": {"epochs": 1}}
+
+
+def test_importing_normbench_does_not_import_tensorflow():
+    done = subprocess.run([sys.executable, "-c", "import sys, normbench; normbench.run; "
+                           "normbench.load_results; print('tensorflow' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_public_names():
+    assert set(normbench.__all__) >= {"run", "load_results", "NormbenchError"}
+    for name in normbench.__all__:
+        assert getattr(normbench, name) is not None
+    with pytest.raises(AttributeError):
+        normbench.nope  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("api")
+    records = normbench.run(SPEC, sweep={"train.batch_size": [16, 64]}, overrides={"seeds": 2},
+                            results=out, smoke=True)
+    return out, records
+
+
+def test_run_trains_a_dict_spec_with_a_sweep_and_resumes(results):
+    out, records = results
+    assert len(records) == 4 and {r.batch_size for r in records} == {16, 64}
+    assert {r.seed for r in records} == {0, 1} and all(r.status == "finished" for r in records)
+    assert all(r.smoke and r.name == "api" for r in records)
+    stamps = {r.run_id: r.finished for r in records}
+    again = normbench.run(SPEC, sweep={"train.batch_size": [16, 64]}, overrides={"seeds": 2},
+                          results=out, smoke=True)  # finished: nothing trains again
+    assert {r.run_id: r.finished for r in again} == stamps
+
+    # the CLI, given the same spec as a file, finds the same runs finished
+    import yaml
+
+    path = out / "api.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    cli = subprocess.run([sys.executable, "-m", "normbench", "run", str(path), "--smoke", "--dry-run",
+                          "--sweep", "train.batch_size=16,64", "-s", "seeds=2", "--results", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and "4 run(s): 0 to run, 4 finished" in cli.stdout, cli.stdout
+    assert all(rid in cli.stdout for rid in stamps)
+
+
+def test_a_spec_file_and_a_spec_object_give_the_cli_run_ids(tmp_path):
+    from normbench import grid, spec as specs, store
+
+    path = ROOT / "configs" / "groupnorm.yaml"
+    (one,) = grid.load_runs(path)
+    from normbench import api
+
+    for given in (path, str(path), one, one.model_dump(mode="json")):
+        (g,) = api.grids_of(given)
+        assert [store.run_id(s.name, specs.spec_hash(s), False) for s in g.runs] == \
+            [store.run_id(one.name, specs.spec_hash(one), False)]
+
+
+def test_bad_input_raises_normbench_error_not_system_exit(tmp_path):
+    with pytest.raises(NormbenchError, match="model.norm.groups"):
+        normbench.run({**SPEC, "model": {"norm": {"type": "group", "groups": 3}}}, results=tmp_path)
+    with pytest.raises(NormbenchError, match="did you mean 'epochs'"):
+        normbench.run(SPEC, overrides={"train.epohcs": 2}, results=tmp_path)
+    with pytest.raises(NormbenchError, match="non-empty list"):
+        normbench.run(SPEC, sweep={"train.batch_size": 8}, results=tmp_path)
+    with pytest.raises(NormbenchError, match="jobs"):
+        normbench.run(SPEC, jobs=0, results=tmp_path)
+    with pytest.raises(NormbenchError):
+        normbench.run(tmp_path / "missing.yaml", results=tmp_path)
+    with pytest.raises(NormbenchError, match="expected a path, a dict"):
+        normbench.run(42, results=tmp_path)
+    from normbench import api
+
+    with pytest.raises(NormbenchError, match="not found"):
+        api.results_rows(tmp_path / "nothing")
+
+
+def test_load_results_grouped_and_per_run(results):
+    pytest.importorskip("pandas")
+    out, records = results
+    grouped = normbench.load_results(out)
+    assert len(grouped) == 2 and set(grouped["runs"]) == {2}
+    assert {"test_acc_mean", "test_acc_ci95", "config"} <= set(grouped.columns)
+    per_run = normbench.load_results(out, runs=True)
+    assert len(per_run) == 4
+    assert {"model.norm.type", "train.batch_size", "train.seed", "test_accuracy",
+            "env.tensorflow", "has_model"} <= set(per_run.columns)
+    assert sorted(per_run["test_accuracy"]) == sorted(r.test_accuracy for r in records)
+    small = normbench.load_results(out, runs=True, where={"train.batch_size": 16})
+    assert list(small["train.batch_size"]) == [16, 16]
+    assert len(normbench.load_results(out, where=["train.batch_size=64"])) == 1
+
+
+def test_load_results_without_pandas_names_the_extra(results, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"normbench\[pandas\]"):
+        normbench.load_results(results[0])

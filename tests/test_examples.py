@@ -1,0 +1,44 @@
+"""The shipped examples run: the GitHub Actions gate's commands, as the workflow gives them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "examples" / "ci" / "github-actions.yml"
+
+
+def _steps() -> dict[str, str]:
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    (job,) = doc["jobs"].values()
+    return {s["name"]: s["run"] for s in job["steps"] if "run" in s}, job["env"]
+
+
+def test_the_ci_gate_passes_then_fails_above_the_result(tmp_path):
+    steps, env = _steps()
+    assert set(steps) == {"Install", "Smoke-run the configs", "Gate"}
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    bin_dir = str(Path(sys.executable).parent)  # normbench is installed here (the Install step)
+    base = {**os.environ, **env, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+
+    def step(name: str, **extra) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", steps[name]], cwd=tmp_path, env={**base, **extra},
+                              capture_output=True, text=True, timeout=900)
+
+    trained = step("Smoke-run the configs")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    passed = step("Gate")
+    assert passed.returncode == 0, passed.stderr[-2000:]
+    report = ET.parse(tmp_path / "results" / "ci" / "junit.xml").getroot()
+    assert report.get("tests") == "3" and report.get("failures") == "0"
+    failed = step("Gate", NORMBENCH_MIN_ACC="0.9999")
+    assert failed.returncode == 1 and failed.stderr.count("FAIL ") == 3, failed.stderr
+    report = ET.parse(tmp_path / "results" / "ci" / "junit.xml").getroot()
+    assert report.get("failures") == "3"
+    assert len(report.findall(".//testcase/failure")) == 3
