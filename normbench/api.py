@@ -136,7 +136,8 @@ def results_rows(results: str | os.PathLike = "results", *, runs: bool = False,
     for r in records:
         row = {**tables.flat_spec(r.spec), **tables.run_row(r)}
         row.update({f"env.{k}": v for k, v in r.env.items()})
-        row["has_model"] = (store.run_dir(results_dir, r.run_id) / "model.keras").is_file()
+        row["has_model"] = bool(r.saved_model) and (
+            store.run_dir(results_dir, r.run_id) / r.saved_model).is_file()
         out.append(row)
     return out
 

@@ -92,7 +92,7 @@ TABLE_GROUP = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "di
                "first_epoch_s", "steady_epoch_s", "samples_per_s", "note")
 TABLE_RUNS = ("run_id", "status", "dataset", "smoke", "norm", "impl_used", "epochs", "batch_size",
               "seed", "test_accuracy", "test_loss", "first_epoch_s", "steady_samples_per_s",
-              "diverged_reason")
+              "diverged_reason", "model")
 
 
 class Executor(str, Enum):
@@ -135,9 +135,15 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
         executor: Executor = typer.Option(Executor.local, "--executor",
                                           help="local processes, or Ray tasks (normbench[ray])."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: a "
-                                    "local Ray instance).")) -> None:
+                                    "local Ray instance)."),
+        save_model: bool = typer.Option(False, "--save-model",
+                                        help="Write each trained model as model.keras into its "
+                                             "run directory (train.save_model: true; not part "
+                                             "of the run id, so finished runs need --force).")) -> None:
     """Train and evaluate each spec (every point of its sweep x seeds); finished runs are kept
     and skipped, so an interrupted sweep completes when run again."""
+    if save_model:
+        sets = [*sets, "train.save_model=true"]
     grids = _load_all(spec_files, sets, sweeps)
     loaded = [spec for g in grids for spec in g.runs]
     hashes = None if smoke else [h for g in grids for h in g.hashes]

@@ -274,6 +274,8 @@ class TrainSpec(_Frozen):
     # error recorded every `eval_every` epochs; None = only at the end
     eval_every: int | None = Field(None, ge=1, le=100_000)
     validation_split: float = Field(0.0, ge=0.0, lt=0.5)
+    # write the trained model as model.keras into the run directory (not part of the run id)
+    save_model: bool = Field(False, json_schema_extra={"identity": False})
 
     @field_validator("schedule")
     @classmethod

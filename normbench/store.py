@@ -120,6 +120,7 @@ class RunRecord(_Strict):
     test_error_median5: Fraction | None = None  # median test error of the last 5 evaluations
     dropped_per_epoch: Count = 0  # virtual_batch_size: images of each epoch's last smaller batch
     optimizer_steps: Count | None = None
+    saved_model: Literal["model.keras"] | None = None  # a file in the run directory
 
     @field_validator("run_id")
     @classmethod
@@ -284,11 +285,18 @@ def history_csv(record: RunRecord) -> str:
     return out.getvalue()
 
 
-def save(record: RunRecord, spec_yaml: str, results_dir: Path) -> Path:
-    """Write runs/<run_id>/{spec.yaml,history.csv,metrics.json}; the directory appears
-    whole. Whatever stands at that path (an older or damaged run directory, a stray file, a
-    symlink) is moved aside first and removed after the new one is in place. The caller holds
-    the run's claim."""
+def model_staging(results_dir: Path, rid: str) -> Path:
+    """Where a run's trainer leaves model.keras for save() to move into the run directory."""
+    run_dir(results_dir, rid)  # a valid id, or NormbenchError
+    return results_dir / "runs" / ".claims" / f"{rid}.model.keras"
+
+
+def save(record: RunRecord, spec_yaml: str, results_dir: Path,
+         files: dict[str, Path] | None = None) -> Path:
+    """Write runs/<run_id>/{spec.yaml,history.csv,metrics.json} and move `files` ({name: path},
+    e.g. the trained model) in beside them; the directory appears whole. Whatever stands at that
+    path (an older or damaged run directory, a stray file, a symlink) is moved aside first and
+    removed after the new one is in place. The caller holds the run's claim."""
     final = run_dir(results_dir, record.run_id)
     runs = results_dir / "runs"  # proven writable by prepare() before training started
     try:
@@ -298,6 +306,8 @@ def save(record: RunRecord, spec_yaml: str, results_dir: Path) -> Path:
         try:
             write_atomic(staging / "spec.yaml", spec_yaml)
             write_atomic(staging / "history.csv", history_csv(record))
+            for name, path in (files or {}).items():
+                os.replace(path, staging / name)  # same file system: results/runs/
             write_atomic(staging / "metrics.json", record.model_dump_json(indent=2) + "\n")
             old = None
             if final.exists() or final.is_symlink():

@@ -139,8 +139,11 @@ class _Driver:
     def save(self, item: Planned, record: RunRecord) -> None:
         """Save, add the summary row and count the run, as one step that Ctrl-C or SIGTERM
         cannot split (a signal arriving meanwhile is handled right after)."""
+        files = None
+        if record.saved_model:
+            files = {record.saved_model: store.model_staging(self.results_dir, item.run_id)}
         with _signals_held():
-            store.save(record, specs.to_yaml(item.spec), self.results_dir)
+            store.save(record, specs.to_yaml(item.spec), self.results_dir, files)
             tables.append_summary(self.results_dir, record)
             self.outcome.ran.append(record)
 
@@ -166,7 +169,8 @@ def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force
                 if announce:
                     announce(i, item)
                 try:
-                    record = train.run_one(item.spec, smoke=smoke, quiet=quiet, status_path=status)
+                    record = train.run_one(item.spec, smoke=smoke, quiet=quiet, status_path=status,
+                                           model_path=_model_path(results_dir, item))
                 except NormbenchError:
                     raise
                 except Exception as exc:  # one broken run must not stop the sweep
@@ -230,13 +234,21 @@ def _init_worker(parent: int, counter, jobs: int) -> None:
     train.configure_threads(cores)
 
 
-def train_task(spec_dict: dict, smoke: bool, status_path: str | None = None) -> str:
-    """Train one run in a worker process or Ray task; the record comes back as JSON."""
+def _model_path(results_dir: Path, item: Planned) -> Path | None:
+    """Where the trainer writes the model when the spec asks for one (train.save_model)."""
+    return store.model_staging(results_dir, item.run_id) if item.spec.train.save_model else None
+
+
+def train_task(spec_dict: dict, smoke: bool, status_path: str | None = None,
+               model_path: str | None = None) -> str:
+    """Train one run in a worker process or Ray task; the record comes back as JSON (the model,
+    when asked for, as a file at `model_path`)."""
     from normbench import train
 
     spec = specs.Spec.model_validate(spec_dict)
     record = train.run_one(spec, smoke=smoke, quiet=True,
-                           status_path=Path(status_path) if status_path else None)
+                           status_path=Path(status_path) if status_path else None,
+                           model_path=Path(model_path) if model_path else None)
     return record.model_dump_json()
 
 
@@ -279,7 +291,9 @@ def run_pool(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool
     try:
         def submit(item: Planned) -> cf.Future:
             status = _status_path(results_dir, item.run_id)
-            return pool.submit(train_task, specs.to_dict(item.spec), smoke, str(status))
+            model = _model_path(results_dir, item)
+            return pool.submit(train_task, specs.to_dict(item.spec), smoke, str(status),
+                               None if model is None else str(model))
 
         while queue or running:
             done += driver.fill(queue, running, jobs, submit)
@@ -399,7 +413,8 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
     try:
         while queue or pending:
             done += driver.fill(queue, pending, window,
-                                lambda item: task.remote(specs.to_dict(item.spec), smoke))
+                                lambda item: task.remote(specs.to_dict(item.spec), smoke,
+                                                         _model_path(results_dir, item)))
             if not pending:
                 continue
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -428,8 +443,9 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
     return driver.outcome
 
 
-def _ray_task(spec_dict: dict, smoke: bool) -> str:
+def _ray_task(spec_dict: dict, smoke: bool, model_path: Path | None = None) -> str:
     from normbench import train
 
     train.configure_threads(1)  # Ray places one task per CPU it was given
-    return train_task(spec_dict, smoke)
+    # a saved model goes to the results directory's file system (a shared one on a cluster)
+    return train_task(spec_dict, smoke, None, None if model_path is None else str(model_path))

@@ -27,7 +27,7 @@ RUN_COLUMNS = ("run_id", "name", "status", "diverged_reason", "dataset", "datase
                "params", "epochs", "batch_size", "seed", "test_accuracy", "test_loss",
                "train_accuracy", "train_loss", "test_error_median5", "test_acc_moving",
                "test_acc_precise", "test_acc_batch", "first_epoch_s", "steady_epoch_s",
-               "steady_samples_per_s", "total_s", "tensorflow", "keras", "started")
+               "steady_samples_per_s", "total_s", "tensorflow", "keras", "started", "model")
 
 GROUP_COLUMNS = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "diverged",
                  "test_acc_mean", "test_acc_std", "test_acc_ci95", "test_acc_best",
@@ -41,7 +41,7 @@ OPTIONAL_COLUMNS = {"diverged": lambda v: bool(v), "note": lambda v: bool(v),
                     "test_acc_precise": lambda v: v is not None,
                     "test_acc_batch": lambda v: v is not None,
                     "smoke": lambda v: bool(v), "config": lambda v: bool(v),
-                    "diverged_reason": lambda v: bool(v)}
+                    "diverged_reason": lambda v: bool(v), "model": lambda v: bool(v)}
 
 NULLS = ("null", "none", "~", "")
 
@@ -61,7 +61,7 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "first_epoch_s": r.first_epoch_s,
             "steady_epoch_s": r.steady_epoch_s, "steady_samples_per_s": r.steady_samples_per_s,
             "total_s": r.total_s, "tensorflow": r.env.get("tensorflow"),
-            "keras": r.env.get("keras"), "started": r.started}
+            "keras": r.env.get("keras"), "started": r.started, "model": r.saved_model}
 
 
 def flat_spec(spec: dict, prefix: str = "") -> dict[str, Any]:

@@ -442,8 +442,10 @@ def initial_model(spec: specs.Spec):
 
 
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
-            status_path: Path | None = None) -> RunRecord:
-    """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)).
+            status_path: Path | None = None, model_path: Path | None = None) -> RunRecord:
+    """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)). With
+    `model_path`, the trained model is saved there (Keras format) with the BN statistics the
+    headline test accuracy used (moving or PreciseBN's).
 
     Training stops at the first NaN/Inf loss; the run is then recorded as 'diverged'."""
     started = dt.datetime.now(dt.timezone.utc)
@@ -493,6 +495,15 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
                 "loss": float(test_loss), "accuracy": float(test_accuracy), "n": len(ds.y_test)})
             test_loss = bn_eval[norm.eval_stats]["loss"]
             test_accuracy = bn_eval[norm.eval_stats]["accuracy"]
+    saved = None
+    if model_path is not None:
+        if norm.type in specs.BATCH_NORMS and norm.eval_stats == "precise":
+            precise_statistics(model, x_train, t.batch_size, norm.precise_samples)
+        model.save(model_path)
+        saved = "model.keras"
+        if norm.type in specs.BATCH_NORMS and norm.eval_stats == "batch":
+            warnings.append("model.keras normalizes with the moving statistics; the headline "
+                            "test accuracy used batch statistics (eval_stats: batch)")
     samples_per_s, basis = fit.steady(n_train)
     history = fit.history
     epoch_times = [h["time_s"] for h in history]
@@ -524,4 +535,4 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         warnings=warnings, history=history,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
         bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
-        optimizer_steps=fit.done_steps)
+        optimizer_steps=fit.done_steps, saved_model=saved)
