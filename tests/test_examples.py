@@ -42,3 +42,34 @@ def test_the_ci_gate_passes_then_fails_above_the_result(tmp_path):
     report = ET.parse(tmp_path / "results" / "ci" / "junit.xml").getroot()
     assert report.get("failures") == "3"
     assert len(report.findall(".//testcase/failure")) == 3
+
+
+def test_the_tutorial_notebook_executes(tmp_path):
+    """examples/normalizations.ipynb, run by a real Jupyter kernel (smoke-sized, as CI does)."""
+    import pytest
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("pandas")
+    pytest.importorskip("matplotlib")
+    notebook = nbformat.read(ROOT / "examples" / "normalizations.ipynb", as_version=4)
+    env = {"NORMBENCH_SMOKE": "1", "NORMBENCH_RESULTS": str(tmp_path / "results")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    table = notebook.cells[7].outputs[0]["data"]["text/plain"]
+    for norm in ("group", "instance", "batch", "layer", "none"):
+        assert norm in table
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert len(list((tmp_path / "results" / "runs").glob("*/metrics.json"))) == 10
