@@ -95,7 +95,10 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
     hashes = None if smoke else [h for g in grids for h in g.hashes]
     if smoke:
         loaded = grid.smoke(loaded, [f"{k}=" for k in (overrides or {})])
-    planned = sweeps.plan(loaded, smoke, results_dir, hashes=hashes)
+    from_file = isinstance(spec, (str, os.PathLike))
+    planned = sweeps.plan(loaded, smoke, results_dir, hashes=hashes,
+                          spec_files=[str(g.path) if from_file else None
+                                      for g in grids for _ in g.runs])
     todo = [p for p in planned if force or not p.done]
     store.prepare(results_dir)
     outcome = execute(todo, results_dir, smoke=smoke, force=force, since=sweeps.now(),

@@ -149,7 +149,8 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
     hashes = None if smoke else [h for g in grids for h in g.hashes]
     if smoke:
         loaded = grid.smoke(loaded, sets)
-    planned = sweep.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback, hashes=hashes)
+    planned = sweep.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback, hashes=hashes,
+                         spec_files=[str(g.path) for g in grids for _ in g.runs])
     todo = [p for p in planned if force or not p.done]
     fell_back = sum(p.fallback and p.done for p in planned)
     if dry_run:

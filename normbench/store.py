@@ -78,6 +78,17 @@ class EvalResult(_Strict):
     samples: Count | None = None  # PreciseBN: training images whose statistics were used
 
 
+class Provenance(_Strict):
+    """The spec file's git commit and dirty flag (None outside a repository), and the installed
+    packages (sorted name==version, and their sha256)."""
+
+    spec_file: str | None = None
+    git_commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] | None = None
+    git_dirty: bool | None = None
+    packages: list[str] = []
+    packages_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
 class RunRecord(_Strict):
     """Everything one finished run measured; saved as runs/<run_id>/metrics.json."""
 
@@ -121,6 +132,7 @@ class RunRecord(_Strict):
     dropped_per_epoch: Count = 0  # virtual_batch_size: images of each epoch's last smaller batch
     optimizer_steps: Count | None = None
     saved_model: Literal["model.keras"] | None = None  # a file in the run directory
+    provenance: Provenance | None = None
 
     @field_validator("run_id")
     @classmethod

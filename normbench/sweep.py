@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from normbench import spec as specs, store, tables
+from normbench import provenance, spec as specs, store, tables
 from normbench.errors import NormbenchError
 from normbench.store import RunRecord
 
@@ -31,6 +31,7 @@ class Planned:
     run_id: str
     done: bool  # a finished (or diverged) record already exists
     fallback: bool = False  # ... but it trained on other data than the spec asked for
+    spec_file: str | None = None  # where the spec came from (provenance), if a file
 
 
 @dataclass
@@ -44,10 +45,12 @@ class Outcome:
 
 
 def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
-         retry_fallback: bool = False, hashes: list[str] | None = None) -> list[Planned]:
+         retry_fallback: bool = False, hashes: list[str] | None = None,
+         spec_files: list[str | None] | None = None) -> list[Planned]:
     """One entry per run, in grid order, and whether it is done. With `retry_fallback`, a run
     that trained on fallback data (mnist-10k for an offline mnist) counts as not done.
-    `hashes` (each run's spec_hash, when the caller has them) saves computing them again."""
+    `hashes` (each run's spec_hash, when the caller has them) saves computing them again;
+    `spec_files` (each run's spec file) goes into the records' provenance."""
     out, seen = [], set()
     for i, spec in enumerate(runs):
         rid = store.run_id(spec.name, hashes[i] if hashes else specs.spec_hash(spec), smoke)
@@ -57,7 +60,7 @@ def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
         record = store.finished(results_dir, rid)
         fallback = record is not None and record.dataset.fallback
         out.append(Planned(spec, rid, record is not None and not (retry_fallback and fallback),
-                           fallback))
+                           fallback, spec_files[i] if spec_files else None))
     return out
 
 
@@ -139,6 +142,8 @@ class _Driver:
     def save(self, item: Planned, record: RunRecord) -> None:
         """Save, add the summary row and count the run, as one step that Ctrl-C or SIGTERM
         cannot split (a signal arriving meanwhile is handled right after)."""
+        record = record.model_copy(update={
+            "provenance": store.Provenance(**provenance.of(item.spec_file))})
         files = None
         if record.saved_model:
             files = {record.saved_model: store.model_staging(self.results_dir, item.run_id)}

@@ -113,3 +113,27 @@ def test_load_results_without_pandas_names_the_extra(results, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"normbench\[pandas\]"):
         normbench.load_results(results[0])
+
+
+def test_records_carry_provenance(tmp_path):
+    """A spec file inside a git repository: its commit and dirty flag; installed packages."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    spec = repo / "s.yaml"
+    shutil.copy(ROOT / "configs" / "groupnorm.yaml", spec)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],  # noqa: E731
+                                    cwd=repo, check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "s.yaml")
+    git("commit", "-qm", "spec")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                            text=True).stdout.strip()
+    (record,) = normbench.run(spec, overrides={"dataset": "mnist-10k"}, results=tmp_path / "r",
+                              smoke=True)
+    p = record.provenance
+    assert p.git_commit == commit and p.git_dirty is False and p.spec_file == str(spec.resolve())
+    assert any(line.startswith("tensorflow") for line in p.packages) and len(p.packages_sha256) == 64
+    (from_dict,) = normbench.run({**SPEC, "name": "nofile"}, results=tmp_path / "r", smoke=True)
+    assert from_dict.provenance.spec_file is None and from_dict.provenance.git_commit is None
