@@ -301,6 +301,43 @@ def compare(results_dir: Path = RESULTS,
 
 @app.command()
 @_friendly
+def rm(results_dir: Path = RESULTS,
+       filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",
+                                         help="Delete the runs that match (as compare's --where; "
+                                              "e.g. tags=pilot). Required."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="List the runs; delete nothing.")) -> None:
+    """Delete runs by filter: lists them first, then removes each run directory whole and
+    rebuilds the summaries. A run in progress elsewhere is left alone."""
+    if not filters:
+        raise NormbenchError("rm needs at least one --where FIELD=VALUE (it never deletes everything)")
+    if not results_dir.is_dir():
+        raise NormbenchError(f"results directory {results_dir}: not found")
+    records, _ = store.load_records(results_dir)
+    chosen = tables.where(records, filters)
+    rows = [{"run_id": r.run_id, "status": r.status, "what": _summary_of_record(r)} for r in chosen]
+    title = f"{len(chosen)} run(s) match" + (" (dry run: nothing deleted)" if dry_run else "")
+    console.show(rows, ("run_id", "status", "what"), title)
+    if dry_run or not chosen:
+        return
+    busy = [r.run_id for r in chosen if not store.delete(results_dir, r.run_id)]
+    tables.write_summaries(results_dir)
+    console.note(f"deleted {len(chosen) - len(busy)} run(s)"
+                 + (f"; {len(busy)} in progress elsewhere, left alone: {', '.join(busy)}" if busy else ""))
+    if busy:
+        raise typer.Exit(1)
+
+
+def _summary_of_record(record) -> str:
+    from normbench import spec as specs
+
+    try:
+        return specs.summary(specs.Spec.model_validate(record.spec))
+    except Exception:  # a record from an older normbench whose spec no longer validates
+        return record.name
+
+
+@app.command()
+@_friendly
 def plot(results_dir: Path = RESULTS,
          out_dir: Path = typer.Option(None, "--out", help="Where PNGs go (default: RESULTS/plots)."),
          filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",

@@ -337,6 +337,9 @@ class Spec(_Frozen):
     dataset: str = "mnist"
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
+    # labels for finding runs again (--where tags=x, normbench rm); not part of the run id
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
+        [], max_length=32, json_schema_extra={"identity": False})
 
     @field_validator("dataset")
     @classmethod

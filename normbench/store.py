@@ -282,6 +282,28 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def delete(results_dir: Path, rid: str) -> bool:
+    """Remove a run directory as one step (renamed into runs/.tmp, then deleted), holding its
+    claim; False if another process holds the claim (a run in progress there)."""
+    final = run_dir(results_dir, rid)
+    lock = claim(results_dir, rid)
+    if lock is None:
+        return False
+    try:
+        (results_dir / "runs" / ".tmp").mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(dir=results_dir / "runs" / ".tmp", prefix=f"{rid}.rm.")) / "run"
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise NormbenchError(f"cannot remove {final}: {exc.strerror or exc}") from None
+        _remove(aside.parent)
+    finally:
+        lock.release()
+    return True
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

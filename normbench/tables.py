@@ -165,6 +165,8 @@ def value_of(record: RunRecord, path: str) -> Any:
         return record.dataset.requested
     if path in RECORD_FIELDS:
         return getattr(record, path)
+    if path == "tags":  # records from before tags existed have none
+        return list(record.spec.get("tags") or [])
     flat = flat_spec(record.spec)
     if path in flat:
         return flat[path]
@@ -186,6 +188,8 @@ def matches(value: Any, raw: str, path: str = "") -> bool:
     canonical name, and comparisons ignore case."""
     if value is None:
         return raw.strip().lower() in NULLS
+    if path == "tags":  # a run matches each of its tags
+        return raw.strip() in value if raw.strip().lower() not in NULLS else not value
     raw = _canonical_value(path, raw.strip())
     return value_label(value) == raw or str(value).lower() == raw.lower()
 

@@ -102,6 +102,9 @@ SPECS = [
     ("steps 0", b"name: a\ntrain: {steps: 0}\n", [], "train.steps"),
     ("eval_every 0", b"name: a\ntrain: {eval_every: 0}\n", [], "train.eval_every"),
     ("validation_split 0.9", b"name: a\ntrain: {validation_split: 0.9}\n", [], "train.validation_split"),
+    ("save_model a string", b"name: a\ntrain: {save_model: maybe}\n", [], "train.save_model"),
+    ("tags with a path", b"name: a\ntags: [../x]\n", [], "tags.0"),
+    ("tags not a list", b"name: a\ntags: {a: 1}\n", [], "tags"),
 ]
 if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads any file
     SPECS.append(("unreadable file", "UNREADABLE", [], "permission denied"))
