@@ -46,11 +46,16 @@ _KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 @dataclass(frozen=True)
 class Dataset:
-    x_train: np.ndarray  # float32 (N, 28, 28, 1) in [0, 1]
-    y_train: np.ndarray  # int32 class ids 0..9
+    x_train: np.ndarray  # float32 (N, H, W, C): (N, 28, 28, 1) in [0, 1] for the built-in data
+    y_train: np.ndarray  # int32 class ids 0..num_classes-1
     x_test: np.ndarray
     y_test: np.ndarray
     provenance: dict = field(default_factory=dict)
+    num_classes: int = 10
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
 
 
 def content_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -80,6 +85,58 @@ def _check(arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
         if len(y) == 0 or y.min() < 0 or y.max() > 9:
             raise NormbenchError(f"{where}: {split} labels must be 0..9 and non-empty")
     return arrays
+
+
+MAX_CLASSES = 10_000
+
+
+def _check_user(arrays: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], int]:
+    """A user's arrays: images (N, H, W) or (N, H, W, C), uint8 (scaled by 1/255) or float
+    (used as they are, finite); integer labels 0..K-1 with K >= 2; the same image shape in both
+    splits. Returns the arrays and K."""
+    shapes = set()
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim not in (3, 4) or len(x) == 0 or min(x.shape[1:]) < 1:
+            raise NormbenchError(f"{where}: x_{split} has shape {x.shape}; expected (N, H, W) or "
+                                 "(N, H, W, C) images, N >= 1")
+        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+            raise NormbenchError(f"{where}: x_{split} has dtype {x.dtype}; expected uint8 or float")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise NormbenchError(f"{where}: x_{split} holds NaN or infinite values")
+        if y.ndim != 1 or len(y) != len(x):
+            raise NormbenchError(f"{where}: y_{split} has shape {y.shape}; expected ({len(x)},), one "
+                                 "label per image")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise NormbenchError(f"{where}: y_{split} has dtype {y.dtype}; expected integer class ids")
+        if y.min() < 0 or y.max() >= MAX_CLASSES:
+            raise NormbenchError(f"{where}: y_{split} labels must be 0..K-1 (got {y.min()}..{y.max()})")
+        shapes.add(x.shape[1:] if x.ndim == 4 else (*x.shape[1:], 1))
+    if len(shapes) != 1:
+        raise NormbenchError(f"{where}: train and test images differ in shape: {sorted(shapes)}")
+    classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    if classes < 2:
+        raise NormbenchError(f"{where}: the labels name {classes} class; at least 2 are needed")
+    return arrays, classes
+
+
+def _user_npz(name: str) -> tuple[dict[str, np.ndarray], dict]:
+    path = Path(name[len("npz:"):]).expanduser()
+    if not path.is_file():
+        raise NormbenchError(f"dataset {name}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in _KEYS if k not in f.files]
+            if missing:
+                raise NormbenchError(f"dataset {name}: missing array(s) {', '.join(missing)}; "
+                                     f"expected {', '.join(_KEYS)}")
+            arrays = {k: f[k] for k in _KEYS}
+    except NormbenchError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise NormbenchError(f"dataset {name}: not a readable .npz without pickles ({exc})") from None
+    return arrays, {"source": f"user file {path.resolve()}", "license": None,
+                    "file_sha256": file_sha256(path)}
 
 
 class _Unavailable(Exception):
@@ -249,6 +306,16 @@ _LOADERS = {"mnist": _mnist, "mnist-10k": _mnist10k, "fashion-mnist": _fashion_m
 
 def load(name: str, *, smoke: bool = False) -> Dataset:
     """Load dataset `name`; `mnist` falls back to `mnist-10k`, with a warning, when offline."""
+    classes = 10
+    if name.startswith("npz:"):
+        arrays, info = _user_npz(name)
+        arrays, classes = _check_user(arrays, f"dataset {name}")
+    else:
+        arrays, info = _builtin(name)
+    return _prepare(arrays, info, name, smoke, classes)
+
+
+def _builtin(name: str) -> tuple[dict[str, np.ndarray], dict]:
     used, warning = name, None
     try:
         arrays, info = _LOADERS[name]()
@@ -259,15 +326,23 @@ def load(name: str, *, smoke: bool = False) -> Dataset:
         log.warning(warning)
         arrays, info = _mnist10k()
     arrays = _check(arrays, used)
-    provenance = {"requested": name, "name": used, **info, "sha256": content_sha256(arrays),
+    return arrays, {**info, "name": used, "warning": warning}
+
+
+def _prepare(arrays: dict[str, np.ndarray], info: dict, name: str, smoke: bool,
+             classes: int) -> Dataset:
+    info = {"name": name, "warning": None, **info}
+    provenance = {"requested": name, **info, "sha256": content_sha256(arrays),
                   "n_train": len(arrays["y_train"]), "n_test": len(arrays["y_test"]),
-                  "smoke": smoke, "warning": warning}
+                  "smoke": smoke}
     if smoke:
         arrays = {k: v[: SMOKE_TRAIN if k.endswith("train") else SMOKE_TEST] for k, v in arrays.items()}
         provenance.update(n_train=len(arrays["y_train"]), n_test=len(arrays["y_test"]))
 
     def images(x: np.ndarray) -> np.ndarray:
-        return (x.astype(np.float32) / np.float32(255.0))[..., None]
+        scaled = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+        return scaled[..., None] if scaled.ndim == 3 else scaled
 
     return Dataset(images(arrays["x_train"]), arrays["y_train"].astype(np.int32),
-                   images(arrays["x_test"]), arrays["y_test"].astype(np.int32), provenance)
+                   images(arrays["x_test"]), arrays["y_test"].astype(np.int32), provenance,
+                   classes)

@@ -9,7 +9,10 @@ import functools
 import hashlib
 import json
 import math
+import os
+import re
 import struct
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -160,7 +163,9 @@ def _tfa_installed() -> bool:
     return importlib.util.find_spec("tensorflow_addons") is not None
 
 
-ARCHS = ("tutorial", "convnet", "vgg")
+ARCHS = ("tutorial", "convnet", "vgg", "custom")
+FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+NPZ_PREFIX = "npz:"
 EVAL_STATS = ("moving", "precise", "batch")
 BATCH_NORMS = ("batch", "batch_renorm")  # norms with batch statistics: ghost batches, eval_stats
 POOL = "M"  # in vgg widths: a 2x2 max pool
@@ -174,6 +179,10 @@ class ModelSpec(_Frozen):
     widths: list[Annotated[int, Field(ge=1, le=1024)] | Literal["M"]] | None = Field(
         [16, 32, 32, 64], min_length=1, max_length=32)  # convnet, vgg: one conv-norm-ReLU block
     # each; vgg also takes "M" (2x2 max pool)
+    # custom: "package.module:function", called as function(norm, input_shape, num_classes),
+    # `norm` a factory of the spec's norm layers (None for none); returns a keras.Model whose
+    # outputs are class probabilities
+    factory: str | None = Field(None, max_length=300)
     norm: NormSpec = NormSpec()
 
     @field_validator("arch")
@@ -185,6 +194,22 @@ class ModelSpec(_Frozen):
     def _resolve(self) -> ModelSpec:
         """Null what the arch does not use; resolve groups against every normalized width."""
         norm = self.norm
+        if self.arch != "custom" and self.factory is not None:
+            raise ValueError(f"model.factory applies to arch 'custom' only, not {self.arch!r}")
+        if self.arch == "custom":
+            if self.factory is None or not FACTORY.fullmatch(self.factory):
+                raise ValueError("model.factory: arch 'custom' needs 'package.module:function' "
+                                 f"(got {self.factory!r})")
+            self._set(conv_filters=None, dense_units=None, dropout=None, widths=None)
+            updates = {}
+            if norms.NORMS[norm.type].uses_groups and norm.groups is None:
+                raise ValueError(f"model.norm.groups: norm {norm.type!r} needs groups")
+            if not norms.NORMS[norm.type].uses_groups:
+                updates["groups"] = None
+            if norm.type not in BATCH_NORMS:
+                updates["momentum"] = None
+            self._set(norm=norm.model_copy(update=updates))
+            return self
         if self.arch == "tutorial":
             for field in ("conv_filters", "dense_units", "dropout"):
                 if getattr(self, field) is None:
@@ -344,6 +369,11 @@ class Spec(_Frozen):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
+        if value.startswith(NPZ_PREFIX):  # a user's arrays: x_train, y_train, x_test, y_test
+            path = value[len(NPZ_PREFIX):]
+            if not path.strip() or len(path) > 4096 or "\0" in path:
+                raise ValueError("npz:PATH needs the path of a .npz file")
+            return value
         return _choice(value.lower(), DATASETS, "dataset")
 
     @model_validator(mode="after")
@@ -437,17 +467,75 @@ def identity(model: BaseModel) -> dict:
 
 
 def spec_hash(spec: Spec, *, without_seed: bool = False) -> str:
-    """sha256 of the spec's identity (optionally without the seed): the experiment's identity."""
+    """sha256 of the spec's identity (optionally without the seed): the experiment's identity.
+    A user's data file (npz:PATH) and model factory enter it by content: the file's sha256 and
+    the factory module's source sha256 (editing either makes new runs)."""
     data = identity(spec)
     if without_seed and "train" in data:
         data["train"].pop("seed", None)
         if not data["train"]:
             del data["train"]
+    content = contents(spec)
+    if content:
+        data["content"] = content
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def first_norm_channels(model: ModelSpec) -> int:
-    """Size of the axis the (first) norm layer splits: conv filters, or the first width."""
+def contents(spec: Spec) -> dict[str, str]:
+    """sha256 of what a spec names outside itself: {"dataset": ..., "factory": ...}."""
+    out = {}
+    if spec.dataset.startswith(NPZ_PREFIX):
+        out["dataset"] = _file_sha256(Path(spec.dataset[len(NPZ_PREFIX):]).expanduser())
+    if spec.model.arch == "custom":
+        out["factory"] = _file_sha256(factory_source(spec.model.factory))
+    return out
+
+
+def factory_source(factory: str) -> Path:
+    """The file defining a factory's module, found without importing the module itself (the
+    current directory is searched too, as `python -m` does)."""
+    import importlib.util
+    import sys
+
+    module = factory.partition(":")[0]
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise NormbenchError(f"model.factory {factory!r}: cannot find module {module!r} ({exc})") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    if found is None or not found.origin or not os.path.isfile(found.origin):
+        raise NormbenchError(f"model.factory {factory!r}: no module {module!r} on the Python path "
+                             "(or in the current directory)")
+    return Path(found.origin)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        stat = path.stat()
+        return _file_sha256_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError as exc:
+        raise NormbenchError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def first_norm_channels(model: ModelSpec) -> int | None:
+    """Size of the axis the (first) norm layer splits: conv filters, or the first width (None
+    for a custom model: known once it is built)."""
+    if model.arch == "custom":
+        return None
     if model.arch != "tutorial":
         return next(w for w in model.widths if w != POOL)
     return conv_output_shape(model.conv_filters)[model.norm.axis]
@@ -466,7 +554,8 @@ def summary(spec: Spec) -> str:
     norm = spec.model.norm
     detail = f" (groups={norm.groups})" if norm.groups is not None else ""
     t = spec.train
-    arch = f" in a {spec.model.arch} {spec.model.widths}" if spec.model.arch != "tutorial" else ""
+    arch = {"tutorial": "", "custom": f" in {spec.model.factory}"}.get(
+        spec.model.arch, f" in a {spec.model.arch} {spec.model.widths}")
     if norm.virtual_batch_size is not None:
         detail += f" (statistics per {norm.virtual_batch_size} samples)"
     return (f"{spec.name}: {norm.type} norm{detail}{arch}, impl {norm.impl}, on {spec.dataset}, "

@@ -133,6 +133,9 @@ class RunRecord(_Strict):
     optimizer_steps: Count | None = None
     saved_model: Literal["model.keras"] | None = None  # a file in the run directory
     provenance: Provenance | None = None
+    # sha256 of what the spec names outside itself (npz data file, custom model factory's module
+    # source); they are part of the run id
+    contents: dict[Literal["dataset", "factory"], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = None
 
     @field_validator("run_id")
     @classmethod

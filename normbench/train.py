@@ -26,7 +26,6 @@ from normbench.store import RunRecord, run_id  # noqa: E402
 log = logging.getLogger("normbench")
 CHANCE_ACCURACY = 0.12  # 10 classes: a model at or below this learned nothing
 LOSS_BLOWUP = 100.0  # final training loss above this multiple of the first call's: diverged
-UNIFORM_LOSS = math.log(10)  # cross-entropy of a uniform prediction over the 10 classes
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
               "rmsprop": keras.optimizers.RMSprop}
@@ -262,9 +261,12 @@ def configure_threads(cores: int) -> None:
 
 
 def diverged_reason(nonfinite: str | None, first_loss: float | None, final_loss: float,
-                    test_loss: float, test_accuracy: float) -> str | None:
+                    test_loss: float, test_accuracy: float, classes: int = 10) -> str | None:
     """Why a run that trained to the end still failed, or None. A diverged run is kept (and not
-    retried on every invocation, as a failed one would be) but never averaged into means."""
+    retried on every invocation, as a failed one would be) but never averaged into means.
+    Chance is judged for `classes` classes (10: 12% accuracy, a uniform guess's loss ln 10)."""
+    uniform_loss = math.log(classes)
+    chance = CHANCE_ACCURACY * 10 / classes
     if nonfinite:
         return nonfinite
     if not math.isfinite(test_loss):
@@ -273,11 +275,11 @@ def diverged_reason(nonfinite: str | None, first_loss: float | None, final_loss:
             and final_loss > LOSS_BLOWUP * first_loss:
         return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x the "
                 f"first call's {first_loss:.4g}")
-    if final_loss > LOSS_BLOWUP * UNIFORM_LOSS:  # it blew up within the first call already
+    if final_loss > LOSS_BLOWUP * uniform_loss:  # it blew up within the first call already
         return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x that "
-                f"of a uniform guess over 10 classes ({UNIFORM_LOSS:.3f})")
-    if test_accuracy < CHANCE_ACCURACY:
-        return f"test accuracy {100 * test_accuracy:.1f}% is at chance (< {100 * CHANCE_ACCURACY:g}%)"
+                f"of a uniform guess over {classes} classes ({uniform_loss:.3f})")
+    if test_accuracy < chance:
+        return f"test accuracy {100 * test_accuracy:.1f}% is at chance (< {100 * chance:.3g}%)"
     return None
 
 
@@ -432,13 +434,14 @@ def _bn_evaluation(model, ds, x_train, spec: specs.Spec, moving: dict) -> dict:
     return found
 
 
-def initial_model(spec: specs.Spec):
+def initial_model(spec: specs.Spec, input_shape: tuple[int, ...] = specs.IMAGE_SHAPE,
+                  num_classes: int = 10):
     """(model, made norm): the spec's model with its seed's initial weights. Norm layers draw no
     random numbers, so a seed gives the same conv and dense weights for every norm and batch
     (paired seeds)."""
     made = norms.make(spec.model.norm)
     keras.utils.set_random_seed(spec.train.seed)
-    return build_model(spec.model, made.norm, made.conv), made
+    return build_model(spec.model, made.norm, made.conv, input_shape, num_classes), made
 
 
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
@@ -453,7 +456,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     ds = data.load(spec.dataset, smoke=smoke)
     t, norm = spec.train, spec.model.norm
     x_train, y_train, x_val, y_val = _split(ds, t)
-    model, made = initial_model(spec)
+    model, made = initial_model(spec, ds.input_shape, ds.num_classes)
     n_train = len(y_train)
     decayed = None
     if t.weight_decay and not t.decay_norm_params:
@@ -510,7 +513,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     evaluated = [h["test_accuracy"] for h in history if "test_accuracy" in h]
     median5 = float(np.median([1.0 - a for a in evaluated[-5:]])) if t.eval_every and evaluated else None
     reason = diverged_reason(fit.nonfinite, fit.first_loss, history[-1]["loss"], float(test_loss),
-                             float(test_accuracy))
+                             float(test_accuracy), ds.num_classes)
     if reason:
         log.warning(f"{spec.name}: diverged: {reason}")
     if fit.fallback:
@@ -535,4 +538,4 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         warnings=warnings, history=history,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
         bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
-        optimizer_steps=fit.done_steps, saved_model=saved)
+        optimizer_steps=fit.done_steps, saved_model=saved, contents=specs.contents(spec) or None)

@@ -18,7 +18,7 @@ ALLOWED = {
     "errors": set(), "stats": set(), "norms": {"errors", "layers"},
     "spec": {"norms", "errors"}, "grid": {"spec", "errors"}, "store": {"errors"},
     "tables": {"store", "stats", "norms", "errors"}, "console": {"tables"},
-    "data": {"errors"}, "layers": {"console"}, "models": {"spec", "console"},
+    "data": {"errors"}, "layers": {"console"}, "models": {"spec", "console", "errors"},
     "train": {"data", "layers", "models", "norms", "spec", "store", "console", "errors"},
     "sweep": {"spec", "store", "tables", "train", "provenance", "errors"},
     "provenance": set(),
