@@ -16,7 +16,7 @@ from normbench import console, grid, store, sweep as sweeps, tables
 from normbench.errors import NormbenchError
 from normbench.spec import Spec
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "slurm")
 
 
 def grids_of(spec: str | os.PathLike | Mapping | Spec, overrides: Mapping[str, Any] | None = None,
@@ -41,16 +41,21 @@ def grids_of(spec: str | os.PathLike | Mapping | Spec, overrides: Mapping[str, A
 
 def execute(todo: list[sweeps.Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
             quiet: bool, jobs: int, executor: str, address: str | None,
-            retry_fallback: bool, describe: Callable[[Any], str]) -> sweeps.Outcome:
-    """Run the planned runs in this process, a pool of local workers or on Ray, with progress
-    unless `quiet`."""
+            retry_fallback: bool, describe: Callable[[Any], str],
+            trackers: tuple = (), slurm: Any = None) -> sweeps.Outcome:
+    """Run the planned runs in this process, a pool of local workers, on Ray or as Slurm jobs
+    (`slurm`: a SlurmSpec, by default the first run's `slurm:` block), with progress unless
+    `quiet`."""
     if not todo:
         return sweeps.Outcome()
     if executor not in EXECUTORS:
-        raise NormbenchError(f"executor {executor!r}: choose local or ray")
-    common = dict(smoke=smoke, force=force, since=since, retry_fallback=retry_fallback)
+        raise NormbenchError(f"executor {executor!r}: choose local, ray or slurm")
+    common = dict(smoke=smoke, force=force, since=since, retry_fallback=retry_fallback,
+                  trackers=tuple(trackers))
     if executor == "ray":
         sweeps.ray_preflight()
+    elif executor == "slurm":
+        sweeps.slurm_executor(results_dir, slurm or todo[0].spec.slurm)  # fails fast, before claims
     else:
         jobs, why = sweeps.worker_count(jobs, len(todo))
         if why and not quiet:
@@ -62,7 +67,7 @@ def execute(todo: list[sweeps.Planned], results_dir: Path, *, smoke: bool, force
                              + (" (smoke)" if smoke else ""))
 
         return sweeps.run_in_process(todo, results_dir, quiet=quiet, announce=announce, **common)
-    title = f"sweep (local, {jobs} workers)" if executor == "local" else "sweep (ray)"
+    title = f"sweep (local, {jobs} workers)" if executor == "local" else f"sweep ({executor})"
     bar, task = console.sweep_progress(len(todo), title, disable=quiet)
     with bar:
         def progress(done: int, running: list[str]) -> None:
@@ -70,21 +75,26 @@ def execute(todo: list[sweeps.Planned], results_dir: Path, *, smoke: bool, force
 
         if executor == "ray":
             return sweeps.run_on_ray(todo, results_dir, address=address, progress=progress, **common)
+        if executor == "slurm":
+            return sweeps.run_on_slurm(todo, results_dir, options=slurm or todo[0].spec.slurm,
+                                       progress=progress, **common)
         return sweeps.run_pool(todo, results_dir, jobs=jobs, progress=progress, **common)
 
 
 def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any] | None = None,
         sweep: Mapping[str, list] | None = None, results: str | os.PathLike = "results",
         smoke: bool = False, jobs: int = 1, executor: str = "local", quiet: bool = True,
-        force: bool = False) -> list[store.RunRecord]:
+        force: bool = False, mlflow: bool = False,
+        tensorboard: str | os.PathLike | None = None) -> list[store.RunRecord]:
     """Train every run a spec describes (its sweep x seeds) that is not finished yet, and return
     the records of all of them, in grid order.
 
     `spec` is a YAML path, a spec document (dict) or a `Spec`; `overrides` maps field paths to
     values ({"train.epochs": 3}); `sweep` adds or replaces sweep axes ({"train.batch_size": [8,
     32]}). Records are written under `results` exactly as `normbench run` writes them, so an
-    interrupted call completes when called again. Raises `NormbenchError` on bad input or when a
-    run fails (the others are kept)."""
+    interrupted call completes when called again. `executor` is local, ray or slurm (the spec's
+    `slurm:` block); `mlflow=True` and `tensorboard=DIR` log each finished run from this process.
+    Raises `NormbenchError` on bad input or when a run fails (the others are kept)."""
     from normbench import spec as specs
 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
@@ -101,9 +111,10 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
                                       for g in grids for _ in g.runs])
     todo = [p for p in planned if force or not p.done]
     store.prepare(results_dir)
+    trackers = make_trackers(results_dir, mlflow, tensorboard)
     outcome = execute(todo, results_dir, smoke=smoke, force=force, since=sweeps.now(),
                       quiet=quiet, jobs=jobs, executor=executor, address=None,
-                      retry_fallback=False, describe=specs.summary)
+                      retry_fallback=False, describe=specs.summary, trackers=trackers)
     if todo:
         tables.write_summaries(results_dir)
     if outcome.interrupted:
@@ -112,6 +123,18 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
         raise NormbenchError("; ".join(f"{rid}: {why}" for rid, why in outcome.failed))
     found = [store.finished(results_dir, p.run_id) for p in planned]
     return [r for r in found if r is not None]
+
+
+def make_trackers(results_dir: Path, mlflow: bool, tensorboard: str | os.PathLike | None) -> tuple:
+    """The trackers asked for (each checks its library is installed before anything runs)."""
+    from normbench import track
+
+    found = []
+    if mlflow:
+        found.append(track.MLflow(results_dir))
+    if tensorboard is not None:
+        found.append(track.TensorBoard(Path(tensorboard)))
+    return tuple(found)
 
 
 def _filters(where: Mapping[str, Any] | Iterable[str] | None) -> list[str]:

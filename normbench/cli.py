@@ -98,6 +98,7 @@ TABLE_RUNS = ("run_id", "status", "dataset", "smoke", "norm", "impl_used", "epoc
 class Executor(str, Enum):
     local = "local"
     ray = "ray"
+    slurm = "slurm"
 
 
 def _load_all(spec_files: List[Path], sets: List[str], sweeps: List[str]) -> list[grid.Grid]:
@@ -133,15 +134,35 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
                                  help="Worker processes (at most one per run, and as many as "
                                       "memory allows)."),
         executor: Executor = typer.Option(Executor.local, "--executor",
-                                          help="local processes, or Ray tasks (normbench[ray])."),
+                                          help="local processes, Ray tasks (normbench[ray]) or "
+                                               "Slurm jobs (normbench[slurm], submitit)."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: a "
                                     "local Ray instance)."),
         save_model: bool = typer.Option(False, "--save-model",
                                         help="Write each trained model as model.keras into its "
                                              "run directory (train.save_model: true; not part "
-                                             "of the run id, so finished runs need --force).")) -> None:
+                                             "of the run id, so finished runs need --force)."),
+        mlflow: bool = typer.Option(False, "--mlflow",
+                                    help="Log each finished run to MLflow (normbench[mlflow]): "
+                                         "MLFLOW_TRACKING_URI, else a SQLite store in RESULTS."),
+        tensorboard: Path = typer.Option(None, "--tensorboard", metavar="DIR",
+                                         help="Write each run's per-epoch scalars and HParams "
+                                              "to DIR/<run_id> (normbench[tensorboard])."),
+        slurm_partition: str = typer.Option(None, "--slurm-partition", help="Slurm partition."),
+        slurm_time: int = typer.Option(None, "--slurm-time", min=1, metavar="MINUTES",
+                                       help="Time limit per run (default: the spec's slurm: "
+                                            "block, else 60)."),
+        slurm_cpus: int = typer.Option(None, "--slurm-cpus", min=1, help="CPUs per run (2)."),
+        slurm_mem_gb: float = typer.Option(None, "--slurm-mem-gb", min=0.1, help="Memory per run (8)."),
+        slurm_parallel: int = typer.Option(None, "--slurm-parallel", min=1,
+                                           help="Runs queued or running at once (32).")) -> None:
     """Train and evaluate each spec (every point of its sweep x seeds); finished runs are kept
     and skipped, so an interrupted sweep completes when run again."""
+    slurm_options = {k: v for k, v in {"partition": slurm_partition, "time_min": slurm_time,
+                                       "cpus_per_task": slurm_cpus, "mem_gb": slurm_mem_gb,
+                                       "array_parallelism": slurm_parallel}.items() if v is not None}
+    if slurm_options and executor is not Executor.slurm:
+        raise NormbenchError("--slurm-* options apply to --executor slurm")
     if save_model:
         sets = [*sets, "train.save_model=true"]
     grids = _load_all(spec_files, sets, sweeps)
@@ -163,6 +184,14 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
         else:  # a table of 10,000 rows takes rich seconds to lay out: one line per run
             console.lines(title, [f"{r['run_id']}  {r['state']}  {r['what']}" for r in rows])
         return
+    trackers = api.make_trackers(results_dir, mlflow, tensorboard)
+    slurm = None
+    if executor is Executor.slurm and todo:
+        try:
+            slurm = todo[0].spec.slurm.model_copy(update=slurm_options)
+            slurm = type(slurm).model_validate(slurm.model_dump())
+        except ValueError as exc:
+            raise NormbenchError(f"--slurm-*: {exc}") from None
     store.prepare(results_dir)
     sweep.stop_on_sigterm()
     since = sweep.now()
@@ -173,7 +202,12 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
                      "offline mnist); --retry-fallback trains them again once the data is there")
     outcome = api.execute(todo, results_dir, smoke=smoke, force=force, since=since, quiet=quiet,
                           jobs=jobs, executor=executor.value, address=address,
-                          retry_fallback=retry_fallback, describe=_summary)
+                          retry_fallback=retry_fallback, describe=_summary, trackers=trackers,
+                          slurm=slurm)
+    for tracker in trackers:
+        console.note(tracker.how_to_open())
+    for rid, why in outcome.tracking_errors:
+        console.note(f"tracking {rid} failed (the run is saved): {why}")
     if outcome.ran:
         console.show(tables.group_rows(outcome.ran), TABLE_GROUP, "This invocation")
     if todo and not (outcome.interrupted and not outcome.ran):
@@ -297,6 +331,34 @@ def compare(results_dir: Path = RESULTS,
     if checks:
         console.note(f"passed: {len(verdicts)} {'run(s)' if runs else 'experiment(s)'} at or above "
                      + ", ".join(f"{g.column}={g.threshold:g}" for g in checks))
+
+
+class Target(str, Enum):
+    mlflow = "mlflow"
+    tensorboard = "tensorboard"
+
+
+@app.command()
+@_friendly
+def export(target: Target = typer.Argument(..., help="mlflow or tensorboard."),
+           results_dir: Path = RESULTS,
+           logdir: Path = typer.Option(None, "--logdir", help="tensorboard: where event files go "
+                                       "(default: RESULTS/tensorboard)."),
+           filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",
+                                             help="Export only matching runs.")) -> None:
+    """Log finished runs to MLflow (MLFLOW_TRACKING_URI, else a SQLite store in RESULTS) or
+    write them as TensorBoard event files. Idempotent: a run already there is not logged again."""
+    if not results_dir.is_dir():
+        raise NormbenchError(f"results directory {results_dir}: not found")
+    records, _ = store.load_records(results_dir)
+    records = tables.where(records, filters)
+    if target is Target.mlflow:
+        (tracker,) = api.make_trackers(results_dir, True, None)
+    else:
+        (tracker,) = api.make_trackers(results_dir, False, logdir or results_dir / "tensorboard")
+    for record in records:
+        tracker.log(record, store.run_dir(results_dir, record.run_id))
+    console.note(tracker.how_to_open())
 
 
 @app.command()

@@ -357,6 +357,16 @@ class TrainSpec(_Frozen):
         return _positive_finite(value)
 
 
+class SlurmSpec(_Frozen):
+    """Where `--executor slurm` submits (not part of the run id; --slurm-* options override)."""
+
+    partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,-]{1,128}$")
+    time_min: int = Field(60, ge=1, le=60 * 24 * 30)  # per run
+    cpus_per_task: int = Field(2, ge=1, le=1024)
+    mem_gb: float = Field(8.0, gt=0.0, le=16384.0)
+    array_parallelism: int = Field(32, ge=1, le=10_000)  # runs queued or running at once
+
+
 class Spec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     dataset: str = "mnist"
@@ -365,6 +375,7 @@ class Spec(_Frozen):
     # labels for finding runs again (--where tags=x, normbench rm); not part of the run id
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         [], max_length=32, json_schema_extra={"identity": False})
+    slurm: SlurmSpec = Field(SlurmSpec(), json_schema_extra={"identity": False})
 
     @field_validator("dataset")
     @classmethod

@@ -29,7 +29,7 @@ MIN_FREE_BYTES = 64 << 20  # below this, a run could finish training and then fa
 FINAL = ("finished", "diverged")  # statuses that count as done: a sweep does not run them again
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "time_s", "val_loss", "val_accuracy",
-                   "test_loss", "test_accuracy")
+                   "test_loss", "test_accuracy", "learning_rate")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0)]
 Count = Annotated[int, Field(ge=0)]
@@ -69,6 +69,7 @@ class Epoch(_Strict):
     val_accuracy: Fraction | None = None
     test_loss: float | None = None
     test_accuracy: Fraction | None = None
+    learning_rate: Annotated[float, Field(ge=0.0)] | None = None  # at the epoch's last step
 
 
 class EvalResult(_Strict):

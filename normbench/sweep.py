@@ -10,10 +10,12 @@ import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,6 +44,7 @@ class Outcome:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run_id, error)
     not_started: int = 0  # left when interrupted
     interrupted: bool = False
+    tracking_errors: list[tuple[str, str]] = field(default_factory=list)  # (run_id, error)
 
 
 def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
@@ -106,6 +109,7 @@ class _Driver:
     force: bool
     since: str
     retry_fallback: bool
+    trackers: tuple = ()  # track.MLflow / track.TensorBoard: log each saved run (driver only)
     outcome: Outcome = field(default_factory=Outcome)
 
     def claim(self, item: Planned):
@@ -148,9 +152,14 @@ class _Driver:
         if record.saved_model:
             files = {record.saved_model: store.model_staging(self.results_dir, item.run_id)}
         with _signals_held():
-            store.save(record, specs.to_yaml(item.spec), self.results_dir, files)
+            folder = store.save(record, specs.to_yaml(item.spec), self.results_dir, files)
             tables.append_summary(self.results_dir, record)
             self.outcome.ran.append(record)
+        for tracker in self.trackers:  # the record is safe on disk: a tracker's failure is noted
+            try:
+                tracker.log(record, folder)
+            except Exception as exc:  # a tracking store down, a full disk: the run stays done
+                self.outcome.tracking_errors.append((item.run_id, _first_line(exc)))
 
 
 def _status_path(results_dir: Path, rid: str) -> Path:
@@ -159,11 +168,12 @@ def _status_path(results_dir: Path, rid: str) -> Path:
 
 def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool,
                    since: str, quiet: bool = False, retry_fallback: bool = False,
-                   announce: Callable[[int, Planned], None] | None = None) -> Outcome:
+                   announce: Callable[[int, Planned], None] | None = None,
+                   trackers: tuple = ()) -> Outcome:
     """Claim and run each planned run here, one after another."""
     from normbench import train  # imports TensorFlow
 
-    driver = _Driver(results_dir, force, since, retry_fallback)
+    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     try:
         for i, item in enumerate(todo):
             lock = driver.claim(item)
@@ -283,10 +293,11 @@ def worker_count(jobs: int, runs: int) -> tuple[int, str | None]:
 
 def run_pool(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
              jobs: int, retry_fallback: bool = False,
-             progress: Callable[[int, list[str]], None] | None = None) -> Outcome:
+             progress: Callable[[int, list[str]], None] | None = None,
+             trackers: tuple = ()) -> Outcome:
     """Run `todo` in a pool of `jobs` spawned worker processes; at most `jobs` runs are claimed
     at a time, each when it is handed to a worker."""
-    driver = _Driver(results_dir, force, since, retry_fallback)
+    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     ctx = multiprocessing.get_context("spawn")
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                   initargs=(os.getpid(), ctx.Value("i", 0), jobs))
@@ -390,11 +401,12 @@ def ray_preflight() -> None:
 
 def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
                address: str | None = None, retry_fallback: bool = False,
-               progress: Callable[[int, list[str]], None] | None = None) -> Outcome:
+               progress: Callable[[int, list[str]], None] | None = None,
+               trackers: tuple = ()) -> Outcome:
     ray_preflight()
     import ray
 
-    driver = _Driver(results_dir, force, since, retry_fallback)
+    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     started_here = not ray.is_initialized()
     if started_here and address and address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
@@ -454,3 +466,75 @@ def _ray_task(spec_dict: dict, smoke: bool, model_path: Path | None = None) -> s
     train.configure_threads(1)  # Ray places one task per CPU it was given
     # a saved model goes to the results directory's file system (a shared one on a cluster)
     return train_task(spec_dict, smoke, None, None if model_path is None else str(model_path))
+
+
+def slurm_executor(results_dir: Path, options: specs.SlurmSpec):
+    """A submitit executor for the runs: Slurm, or what NORMBENCH_SUBMITIT_CLUSTER names
+    ("local" runs the jobs as local processes: how the tests exercise this path)."""
+    try:
+        import submitit
+    except ImportError:
+        raise NormbenchError("--executor slurm needs submitit: pip install 'normbench[slurm]'") from None
+    cluster = os.environ.get("NORMBENCH_SUBMITIT_CLUSTER") or "slurm"
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise NormbenchError("--executor slurm: no Slurm here (sbatch is not on PATH); run from a "
+                             "Slurm login node")
+    folder = results_dir / "runs" / ".slurm" / "%j"  # each job's logs and pickles
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params = dict(timeout_min=options.time_min, cpus_per_task=options.cpus_per_task,
+                  mem_gb=options.mem_gb, name="normbench")
+    if cluster == "slurm":
+        params.update(slurm_array_parallelism=options.array_parallelism)
+        if options.partition:
+            params.update(slurm_partition=options.partition)
+    executor.update_parameters(**params)
+    return executor
+
+
+def run_on_slurm(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
+                 options: specs.SlurmSpec, retry_fallback: bool = False,
+                 progress: Callable[[int, list[str]], None] | None = None,
+                 trackers: tuple = (), poll_s: float = 2.0) -> Outcome:
+    """Submit each run as a Slurm job (submitit); at most `options.array_parallelism` are
+    claimed and queued at once. Jobs return records; this process saves them with the same
+    atomic writer as local runs, so an interrupted sweep resumes the same way."""
+    executor = slurm_executor(results_dir, options)
+    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    pending: dict = {}
+    queue = list(reversed(todo))
+    done = 0
+
+    def submit(item: Planned):
+        model = _model_path(results_dir, item)
+        return executor.submit(train_task, specs.to_dict(item.spec), smoke, None,
+                               None if model is None else str(model))
+
+    try:
+        while queue or pending:
+            done += driver.fill(queue, pending, options.array_parallelism, submit)
+            finished = [job for job in pending if job.done()]
+            if not finished:
+                time.sleep(poll_s)
+                continue
+            for job in finished:
+                item, lock = pending.pop(job)
+                try:
+                    driver.save(item, RunRecord.model_validate_json(job.result()))
+                except NormbenchError:
+                    raise
+                except Exception as exc:  # the job failed, timed out or was cancelled
+                    driver.outcome.failed.append((item.run_id, _first_line(exc)))
+                finally:
+                    lock.release()
+                    done += 1
+            if progress:
+                progress(done, [f"{len(pending)} queued or running"] if pending else [])
+    except KeyboardInterrupt:
+        for job in pending:
+            job.cancel(check=False)
+        driver.outcome.interrupted = True
+        driver.outcome.not_started = driver.unaccounted(len(todo))
+    finally:
+        for _, lock in pending.values():
+            lock.release()
+    return driver.outcome

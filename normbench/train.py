@@ -230,7 +230,7 @@ class _Fit:
                 seconds = time.perf_counter() - start
                 self.samples.append(seen)
                 entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
-                         "time_s": seconds}
+                         "time_s": seconds, "learning_rate": current_rate(self.optimizer, done_steps)}
                 if evaluate is not None and math.isfinite(loss_sum) and (
                         epoch + 1 == epochs or (t.eval_every and (epoch + 1) % t.eval_every == 0)):
                     entry.update(evaluate(epoch))
@@ -251,6 +251,17 @@ class _Fit:
             seconds, samples = map(sum, zip(*self.first_calls[1:]))
             return samples / seconds, "epoch 1 without its first call (tracing, compilation)"
         return n_train / times[0], "epoch 1, tracing included (a single call)"
+
+
+def current_rate(optimizer, steps_done: int) -> float | None:
+    """The learning rate of the last step taken (a schedule evaluated there, or the constant)."""
+    rate = getattr(optimizer, "_learning_rate", None)
+    if rate is None:
+        return None
+    if callable(rate) and not hasattr(rate, "assign"):  # a schedule, not a variable
+        rate = rate(max(0, steps_done - 1))
+    value = float(np.asarray(rate))
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def configure_threads(cores: int) -> None:

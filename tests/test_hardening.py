@@ -105,6 +105,12 @@ SPECS = [
     ("save_model a string", b"name: a\ntrain: {save_model: maybe}\n", [], "train.save_model"),
     ("tags with a path", b"name: a\ntags: [../x]\n", [], "tags.0"),
     ("tags not a list", b"name: a\ntags: {a: 1}\n", [], "tags"),
+    ("slurm partition with a space", b"name: a\nslurm: {partition: 'a b'}\n", [], "slurm.partition"),
+    ("slurm time_min 0", b"name: a\nslurm: {time_min: 0}\n", [], "slurm.time_min"),
+    ("slurm cpus_per_task 0", b"name: a\nslurm: {cpus_per_task: 0}\n", [], "slurm.cpus_per_task"),
+    ("slurm mem_gb negative", b"name: a\nslurm: {mem_gb: -1}\n", [], "slurm.mem_gb"),
+    ("slurm array_parallelism 0", b"name: a\nslurm: {array_parallelism: 0}\n", [], "slurm.array_parallelism"),
+    ("model factory not a path", b"name: a\nmodel: {arch: custom, factory: 'rm -rf'}\n", [], "model.factory"),
 ]
 if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads any file
     SPECS.append(("unreadable file", "UNREADABLE", [], "permission denied"))

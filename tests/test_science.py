@@ -292,3 +292,11 @@ def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
     record = train.run_one(spec, smoke=True, quiet=True)
     assert record.status == "finished" and set(record.bn_eval) == {"moving", "precise", "batch"}
     assert record.dropped_per_epoch == 1000 % 32
+
+
+def test_the_history_records_the_learning_rate_of_each_epoch(tmp_path):
+    spec = _spec(tmp_path, "train: {optimizer: sgd, learning_rate: 0.1, schedule: step, "
+                           "milestones: [0.5], epochs: 2, batch_size: 100}\n")
+    record = train.run_one(spec, smoke=True, quiet=True)
+    # 10 steps an epoch (1,000 smoke images): epoch 1 ends before the milestone (step 10)
+    assert [round(e.learning_rate, 6) for e in record.history] == [0.1, 0.01]
