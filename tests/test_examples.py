@@ -72,4 +72,6 @@ def test_the_tutorial_notebook_executes(tmp_path):
     for norm in ("group", "instance", "batch", "layer", "none"):
         assert norm in table
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    shown = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "epoch 1/1" in shown and "ipywidgets" not in shown  # rich's progress, rendered by Jupyter
     assert len(list((tmp_path / "results" / "runs").glob("*/metrics.json"))) == 10

@@ -38,3 +38,23 @@ def test_every_committed_example_has_its_records():
         if not run.name.startswith("."):
             assert {p.name for p in run.iterdir()} == {"metrics.json", "spec.yaml", "history.csv"}
     assert not list(examples.glob("*.png")) and not list(examples.glob("*.md"))
+
+
+def test_committed_study_reports_match_their_records():
+    """Each committed report's results table is what its committed records give today."""
+    from normbench import report
+
+    studies = ROOT / "results" / "examples" / "studies"
+    checked = 0
+    for md in sorted(studies.glob("*/report.md")):
+        name = md.parent.name
+        study = report.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], md.parent)
+        head, rows = report.results_table(study)
+        assert report._md_table(head, rows) in md.read_text(), name
+        for run in (md.parent / "runs").iterdir():
+            if not run.name.startswith("."):
+                assert {p.name for p in run.iterdir()} == {"metrics.json", "spec.yaml", "history.csv"}
+        assert list(md.parent.glob("*.png")), name
+        checked += 1
+    pilot = list((studies / "pilot" / "runs").glob("*/metrics.json"))
+    assert len(pilot) == 7 and checked == len(list(studies.glob("*/report.md")))
