@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# The PyTorch peer of `bench train --peers torch`, where a CPU wheel is at hand (pip's
+	@# find-links, e.g. /opt/wheels); never gigabytes of CUDA wheels: its tests skip without it.
+	$(BIN)/python -m pip install -q 'torch==2.13.0+cpu' 2>/dev/null \
+	  || echo "note: no CPU wheel of torch 2.13.0+cpu at hand; the PyTorch peer tests will skip"
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed

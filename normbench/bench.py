@@ -119,14 +119,28 @@ def normbench_path(spec: specs.Spec) -> dict[str, Any]:
             "test_accuracy": record.test_accuracy, "compiled": record.compiled}
 
 
+PEER_TARGETS = {8: 1.5, 32: 1.2}  # normbench / tuned PyTorch on the tutorial model, by batch
+
+
 def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
                 batch_size: int = 32, config: Path = CONFIGS / "groupnorm.yaml",
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Per seed, the tutorial recipe and normbench's default path on the same data and epochs,
-    alternating which goes first; steady samples/s are epochs 2.. of each."""
+                peers: tuple[str, ...] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per seed, the tutorial recipe and normbench's default path (and, with peers=("torch",),
+    the same model in PyTorch, eager and tuned) on the same data and epochs, rotating which goes
+    first; steady samples/s are epochs 2.. of each."""
     if epochs < 2:
         raise NormbenchError("bench train: --epochs must be >= 2 (epoch 1 includes compilation)")
     from normbench import data, stats
+
+    for peer in peers:
+        if peer != "torch":
+            raise NormbenchError(f"--peers {peer!r}: the peer is torch")
+        from normbench import peers as torch_peer
+
+        why = torch_peer.missing()
+        if why:
+            log(f"skipping the PyTorch peer: {why}")
+            peers = ()
 
     base = grid.load(config, [f"dataset={dataset}", f"train.epochs={epochs}",
                                f"train.batch_size={batch_size}"])
@@ -135,16 +149,27 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
     paths = {"tutorial": lambda spec: tutorial_recipe(spec, ds, "keras"),
              "tutorial + normbench GN": lambda spec: tutorial_recipe(spec, ds, "native"),
              "normbench": normbench_path}
+    if peers:
+        from normbench import peers as torch_peer
+
+        for style in torch_peer.STYLES:
+            paths[f"torch {style}"] = (lambda style: lambda spec: torch_peer.train(spec, ds, style))(style)
     runs: dict[str, list[dict]] = {path: [] for path in paths}
     for seed in range(seeds):
         spec = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
-        order = list(paths) if seed % 2 == 0 else list(reversed(paths))
+        order = list(paths)[seed % len(paths):] + list(paths)[:seed % len(paths)]  # rotate
         for path in order:
             result = paths[path](spec)
             runs[path].append({"seed": seed, **result})
             log(f"seed {seed} {path:23s} {result['samples_per_s']:9,.0f} samples/s  first epoch "
                 f"{result['first_epoch_s']:.2f} s  test acc {100 * result['test_accuracy']:.2f}%")
     flops = runs["tutorial"][0]["flops_per_sample"]
+    versus = {}
+    if peers:
+        for style in ("eager", "tuned"):
+            ratio = (_median([r["samples_per_s"] for r in runs["normbench"]])
+                     / _median([r["samples_per_s"] for r in runs[f"torch {style}"]]))
+            versus[style] = ratio
     summary = {}
     for path, rs in runs.items():
         rate = _median([r["samples_per_s"] for r in rs])
@@ -163,7 +188,8 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
             "ratio_same_layer": summary["normbench"]["samples_per_s"]
             / summary["tutorial + normbench GN"]["samples_per_s"],
             "ratio_per_seed": ratios, "accuracy_difference": statistics.fmean(acc_n) - statistics.fmean(acc_t),
-            "accuracy_p_value": p_value, "compiled": runs["normbench"][0]["compiled"]}
+            "accuracy_p_value": p_value, "compiled": runs["normbench"][0]["compiled"],
+            "versus_torch": versus, "torch_target": PEER_TARGETS.get(batch_size) if versus else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +549,12 @@ def print_train(found: dict[str, Any]) -> None:
                 f"{found['ratio_same_layer']:.2f}x; test accuracy normbench - tutorial "
                 f"{100 * found['accuracy_difference']:+.2f} points"
                 + (f" (Welch p = {p:.2f})" if p is not None else ""))
+    versus, target = found.get("versus_torch") or {}, found.get("torch_target")
+    if versus:
+        verdict = "" if target is None else (
+            f"; target >= {target:g}x: " + ("met" if versus["tuned"] >= target else "MISSED"))
+        console.say(f"normbench / PyTorch eager: {versus['eager']:.2f}x; normbench / PyTorch "
+                    f"tuned (flushed denormals, fused Adam): {versus['tuned']:.2f}x{verdict}")
 
 
 def print_layers(rows: list[dict[str, Any]]) -> None:

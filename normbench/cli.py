@@ -483,13 +483,15 @@ def bench_train(epochs: int = typer.Option(3, min=2, max=100, help="Epochs per r
                 seeds: int = typer.Option(3, min=1, max=20, help="Seeds (runs per path)."),
                 dataset: str = typer.Option("mnist-10k", help="mnist, mnist-10k or fashion-mnist."),
                 batch_size: int = typer.Option(32, min=1, max=4096),
+                peers: List[str] = typer.Option([], "--peers", help="torch: the same model in "
+                                                "PyTorch, eager and tuned (normbench[bench])."),
                 json_path: Path = _bench_json("train")) -> None:
     """The tutorial's recipe (Sequential + model.fit) vs normbench's default training path:
     steady samples/s, the ratio, first-epoch time, test accuracy, GFLOP/s vs sgemm peak."""
     from normbench import bench
 
     found = bench.bench_train(epochs=epochs, seeds=seeds, dataset=dataset,
-                              batch_size=batch_size, log=_log)
+                              batch_size=batch_size, peers=tuple(peers), log=_log)
     bench.print_train(found)
     bench.write_json(json_path, {**found, "env": bench.environment()})
 

@@ -27,7 +27,8 @@ ALLOWED = {
     "gates": {"store", "errors"},
     "plot": {"stats", "store", "tables", "errors"},
     "report": {"grid", "spec", "stats", "store", "tables", "plot", "errors"}, "verify": {"layers", "console", "tables", "norms"},
-    "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data",
+    "peers": {"spec", "errors"},
+    "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data", "peers",
               "stats", "layers", "norms"},
 }
 TF_MODULES = {"layers", "models", "train"}  # import TensorFlow at module level
