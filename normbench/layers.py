@@ -475,6 +475,15 @@ def bn_statistics(mode: str):
         _BN_EVAL.reset(token)
 
 
+class _Untracked:
+    """A box Keras does not look into: what it holds is never tracked as a layer's weights."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value=None):
+        self.value = value
+
+
 @keras.utils.register_keras_serializable(package="normbench")
 class BatchNormalization(keras.layers.BatchNormalization):
     """Keras's BatchNormalization, with statistics per group of `virtual_batch_size` samples.
@@ -498,7 +507,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if virtual_batch_size is not None and int(virtual_batch_size) < 1:
             raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
         self.ghost_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
-        self.collected = None  # (sum, sum of squares, count) variables, in 'collect' mode
+        # (sum, sum of squares, count) variables of 'collect' mode, held where Keras does not
+        # track them: tf.keras 2 would make them weights, and saved models would not load
+        self._collect_state = _Untracked()
+
+    @property
+    def collected(self):
+        return self._collect_state.value
 
     def _channel_axis(self, rank: int) -> int:
         axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
@@ -537,7 +552,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         channels = int(self.moving_mean.shape[0])
         if self.collected is None:
             zeros = lambda: tf.Variable(tf.zeros([channels], tf.float64), trainable=False)  # noqa: E731
-            self.collected = (zeros(), zeros(), tf.Variable(tf.zeros([], tf.float64), trainable=False))
+            self._collect_state.value = (zeros(), zeros(),
+                                         tf.Variable(tf.zeros([], tf.float64), trainable=False))
 
     def reset_collected(self) -> None:
         if self.collected is not None:

@@ -124,7 +124,7 @@ BAD = [  # (document, overrides, expected fragment of the one-line message)
     ("name: a\n\tdataset: mnist\n", (), "invalid YAML"),
     ("name: a\nname: b\n", (), "duplicate key 'name'"),
     ("name: a\nepochs: 3\n", (), "epochs: unknown key"),
-    ("name: a\nmodel: {filters: 3}\n", (), "valid keys here: arch, conv_filters, dense_units, dropout, widths, norm"),
+    ("name: a\nmodel: {filters: 3}\n", (), "valid keys here: arch, conv_filters, dense_units, dropout, widths, factory, norm"),
     ("name: a\nmodel: {norm: {group: 2}}\n", (), "model.norm.group: unknown key; did you mean 'groups'?"),
     ("name: a\ntrain: {epoch: 2}\n", (), "train.epoch: unknown key; did you mean 'epochs'?"),
     ("name: a\ntrain: {epochs: three}\n", (), "train.epochs: Input should be a valid integer, got 'three'"),
