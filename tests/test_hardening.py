@@ -120,7 +120,7 @@ COMMANDS = [
     ("unknown command", ["frobnicate"], "No such command 'frobnicate'"),
     ("unknown option", ["run", "{spec}", "--frob"], "No such option: --frob"),
     ("jobs 0", ["run", "{spec}", "-j", "0"], "'--jobs'"),
-    ("bad executor", ["run", "{spec}", "--executor", "slurm"], "'--executor'"),
+    ("bad executor", ["run", "{spec}", "--executor", "kubernetes"], "'--executor'"),
     ("missing spec argument", ["run"], "Missing argument"),
     ("override without =", ["run", "{spec}", "-s", "train.epochs"], "expected PATH=VALUE"),
     ("override of an unknown field", ["run", "{spec}", "-s", "train.epoch=3"], "did you mean 'epochs'?"),

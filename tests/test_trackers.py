@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = "name: tracked\ndataset: mnist-10k\nseeds: 2\ntrain: {eval_every: 1}\n"
 
 
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "normbench", *map(str, args)], cwd=ROOT,
+def cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "normbench", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
 
@@ -30,7 +30,9 @@ def test_mlflow_logs_each_run_once_and_export_is_idempotent(spec, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
-    done = cli("run", spec, "--smoke", "-q", "-j", "2", "--mlflow", "--results", tmp_path / "r", env=env)
+    # with a user's store, artifacts go where MLflow puts them: ./mlruns of the working directory
+    done = cli("run", spec, "--smoke", "-q", "-j", "2", "--mlflow", "--results", tmp_path / "r",
+               env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 run(s) logged to MLflow" in done.stderr
     mlflow.set_tracking_uri(uri)
@@ -45,11 +47,12 @@ def test_mlflow_logs_each_run_once_and_export_is_idempotent(spec, tmp_path):
     losses = client.get_metric_history(rid, "loss")
     assert [m.step for m in losses] == [1]
     assert {a.path for a in client.list_artifacts(rid)} >= {"metrics.json", "spec.yaml", "history.csv"}
-    again = cli("export", "mlflow", "--results", tmp_path / "r", env=env)
+    again = cli("export", "mlflow", "--results", tmp_path / "r", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "0 run(s) logged to MLflow, 2 already there" in again.stderr
     assert len(mlflow.search_runs(experiment_names=["tracked"])) == 2
+    assert (tmp_path / "mlruns").is_dir() and not (ROOT / "mlruns").exists()
     named = cli("export", "mlflow", "--results", tmp_path / "r",
-                env={**env, "MLFLOW_EXPERIMENT_NAME": "elsewhere"})
+                env={**env, "MLFLOW_EXPERIMENT_NAME": "elsewhere"}, cwd=tmp_path)
     assert named.returncode == 0 and len(mlflow.search_runs(experiment_names=["elsewhere"])) == 2
 
 
