@@ -210,8 +210,9 @@ def error_figure(study: Study):
     per_replica = "per-replica" in study.x_label
     for facet in sorted({c.facet for c in study.cells}):
         mine = [c for c in study.cells if c.facet == facet]
-        panel = plot.Panel(facet or "these runs", study.x_label, "test error (%), mean ± 95% CI",
-                           log2=True, invert=per_replica)
+        panel = plot.Panel(facet or "these runs", study.x_label,
+                           "test error (%), mean ± 95% CI (log scale)", log2=True,
+                           invert=per_replica, logy=True)  # errors from <1% to tens of %
         for norm in sorted({c.norm for c in mine}):
             series = sorted((c for c in mine if c.norm == norm), key=lambda c: tables.sort_key(c.x))
             summaries = [c.summary() for c in series]
