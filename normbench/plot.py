@@ -132,8 +132,13 @@ def draw(panels: list[Panel], title: str, *, columns: int | None = None, width: 
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if panel.invert:
             ax.invert_xaxis()
-        if panel.logy:
+        if panel.logy:  # plain numbers at 1, 2, 3, 5 x 10^k, not 10^0 notation
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title, fontsize=9)

@@ -204,7 +204,7 @@ def _study_block(name: str) -> list[str]:
 
     results = STUDIES / name
     if not (results / "report.md").exists():
-        return [f"**`{name}`**: not run yet.", ""]
+        return [f"**`{name}`**: not run yet (`make studies` runs it; the studies resume).", ""]
     study = report.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], results)
     facts = report.provenance(study)
     head, rows = report.results_table(study)
