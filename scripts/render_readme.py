@@ -10,6 +10,7 @@ function of that name below, from files under results/examples/ and normbench/_a
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import difflib
 import json
 import re
@@ -245,8 +246,24 @@ def studies() -> str:
                    f"{_met(sum(accs) / len(accs) >= 0.985)}.")
     if ref:
         out += [ref, ""]
+    spent, done = 0.0, 0
     for name in STUDY_NAMES:
         out += _study_block(name)
+        if (STUDIES / name / "report.md").exists():
+            from normbench import report
+
+            records = report.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"],
+                                        STUDIES / name).records
+            first = min(dt.datetime.fromisoformat(r.started) for r in records)
+            last = max(dt.datetime.fromisoformat(r.finished) for r in records)
+            spent += (last - first).total_seconds() / 60
+            done += 1
+    if done == len(STUDY_NAMES):
+        out += [f"Budget, all three studies within 150 min of wall time with `-j 2`: "
+                f"{spent:.1f} min, {_met(spent <= 150)}.", ""]
+    else:
+        out += [f"Budget, all three studies within 150 min of wall time with `-j 2`: {spent:.1f} "
+                f"min spent on {done} of {len(STUDY_NAMES)}; open until the rest has run.", ""]
     if (replicas / "gn_paper_replicas-error.png").exists():
         out += ["![gn_paper_replicas: test error by per-replica batch, beside the paper's Table 2]"
                 "(results/examples/studies/gn_paper_replicas/gn_paper_replicas-error.png)", ""]
