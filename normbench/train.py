@@ -77,6 +77,63 @@ def compile_mode(jit_compile: bool | str) -> str:
     return "step" if jit_compile else "none"
 
 
+def native_update(optimizer, variables):
+    """apply(grads) for Keras 3's plain Adam or SGD as TensorFlow's fused training ops (one
+    multithreaded pass over each variable and its slots: ResourceApplyAdam,
+    ResourceApplyKerasMomentum), the same update formulas as Keras's, or None where the
+    optimizer has anything those ops lack (clipping, weight decay, AMSGrad, EMA, loss scaling,
+    gradient accumulation, constraints) or on Keras 2."""
+    if int(keras.__version__.split(".")[0]) < 3 or type(optimizer) not in (
+            keras.optimizers.Adam, keras.optimizers.SGD):
+        return None
+    plain = (optimizer.clipnorm, optimizer.clipvalue, optimizer.global_clipnorm,
+             optimizer.weight_decay, optimizer.loss_scale_factor,
+             optimizer.gradient_accumulation_steps)
+    if any(plain) or optimizer.use_ema or getattr(optimizer, "amsgrad", False) \
+            or any(v.constraint is not None for v in variables) \
+            or any(v.dtype != "float32" for v in variables):
+        return None
+    index = [optimizer._get_variable_index(v) for v in variables]
+    handles = [v.value.handle for v in variables]
+
+    def rate():
+        return tf.cast(optimizer.learning_rate, tf.float32)  # a schedule: at `iterations`
+
+    if isinstance(optimizer, keras.optimizers.Adam):
+        m = [optimizer._momentums[i].value.handle for i in index]
+        v2 = [optimizer._velocities[i].value.handle for i in index]
+        b1, b2 = float(optimizer.beta_1), float(optimizer.beta_2)
+
+        def apply(grads):
+            step = tf.cast(optimizer.iterations + 1, tf.float32)
+            lr = rate()
+            b1_power, b2_power = tf.pow(b1, step), tf.pow(b2, step)
+            for var, mv, vv, g in zip(handles, m, v2, grads):
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var, m=mv, v=vv, beta1_power=b1_power, beta2_power=b2_power, lr=lr,
+                    beta1=b1, beta2=b2, epsilon=float(optimizer.epsilon), grad=g)
+            optimizer.iterations.assign_add(1)
+        return apply
+
+    if not optimizer.momentum:
+        def apply(grads):
+            lr = rate()
+            for var, g in zip(handles, grads):
+                tf.raw_ops.ResourceApplyGradientDescent(var=var, alpha=lr, delta=g)
+            optimizer.iterations.assign_add(1)
+        return apply
+    accum = [optimizer.momentums[i].value.handle for i in index]
+    momentum, nesterov = float(optimizer.momentum), bool(optimizer.nesterov)
+
+    def apply(grads):
+        lr = rate()
+        for var, acc, g in zip(handles, accum, grads):
+            tf.raw_ops.ResourceApplyKerasMomentum(var=var, accum=acc, lr=lr, grad=g,
+                                                  momentum=momentum, use_nesterov=nesterov)
+        optimizer.iterations.assign_add(1)
+    return apply
+
+
 class _Loop:
     """steps(x, y, order, start, count) runs optimizer steps start..start+count-1 of an epoch
     whose batches are the rows of `order` (sample indices), and returns (sum of per-sample
@@ -94,7 +151,10 @@ class _Loop:
         def apply(grads):
             optimizer.apply_gradients(zip(grads, variables))
 
-        if mode == "kernels":
+        native = native_update(optimizer, variables) if mode == "kernels" else None
+        if native is not None:
+            apply = native
+        elif mode == "kernels":
             apply = tf.function(apply, jit_compile=True, autograph=False)
 
         def steps(x, y, order, start, count):
@@ -108,7 +168,10 @@ class _Loop:
                         loss += tf.add_n(model.losses)
                     objective = loss + penalty() if decayed else loss
                 apply(tape.gradient(objective, variables))
-                hits = tf.equal(tf.argmax(probs, axis=-1, output_type=yb.dtype), yb)
+                # argmax of the logits where Keras kept them (the loss uses them too): the
+                # softmax itself is then never computed in training
+                scores = getattr(probs, "_keras_logits", probs)
+                hits = tf.equal(tf.argmax(scores, axis=-1, output_type=yb.dtype), yb)
                 return (i + 1, loss_sum + loss * tf.cast(tf.shape(index)[0], loss.dtype),
                         correct + tf.reduce_sum(tf.cast(hits, tf.float32)))
 
@@ -117,6 +180,7 @@ class _Loop:
                                                  (tf.constant(0), zero, zero))
             return loss_sum, correct
 
+        self.apply = apply  # one optimizer update (bench floor times it alone)
         self.steps = tf.function(steps, jit_compile=mode == "step", autograph=False)
 
 
