@@ -23,6 +23,7 @@ import keras  # noqa: E402
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
 KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+FUSED_BN = True  # BatchNormalization trains through TensorFlow's fused op where it can
 
 
 def _no_input_autocast(layer: keras.layers.Layer) -> None:
@@ -562,6 +563,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         mode = "train" if training else _BN_EVAL.get()
+        if mode == "train" and self._fusable(inputs, mask):
+            return self._fused_train(inputs)
         if mode == "moving" or (mode == "train" and (self.ghost_batch_size is None
                                                      or not self.trainable)):
             return super().call(inputs, training=training, mask=mask)
@@ -582,6 +585,31 @@ class BatchNormalization(keras.layers.BatchNormalization):
             squares.assign_add(tf.reduce_sum(tf.square(x64), axis=axes))
             count.assign_add(tf.cast(tf.size(x64) // channels, tf.float64))
         return tf.cast(y, self.compute_dtype)
+
+    def _fusable(self, inputs, mask) -> bool:
+        """Whether a training call can run as TensorFlow's fused BN op (Keras 3 computes BN as
+        ~15 separate ops, each a pass over the activations; tf.keras 2 fuses on its own)."""
+        return (FUSED_BN and KERAS_3 and self.trainable and self.ghost_batch_size is None
+                and not self.renorm and mask is None and not getattr(self, "synchronized", False)
+                and inputs.dtype == tf.float32 and self.compute_dtype == "float32"
+                and inputs.shape.rank == 4 and self._channel_axis(4) == 3)
+
+    def _fused_train(self, x):
+        """Keras's training-mode BN in two fused ops (forward, gradient): the batch's biased
+        moments per channel, y = (x - mean) * rsqrt(var + epsilon) * gamma + beta, and the
+        moving averages updated as Keras does (TensorFlow's op returns the variance with Bessel's
+        correction, undone here)."""
+        channels = x.shape[3]
+        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
+        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.convert_to_tensor(gamma), offset=tf.convert_to_tensor(beta),
+            mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+            epsilon=float(self.epsilon), data_format="NHWC", is_training=True)
+        shape = tf.shape(x)
+        n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+        self._update_moving(mean, variance * tf.maximum(n - 1.0, 0.0) / n)
+        return y
 
     def _whole_moments(self, mean, variance):
         """The whole batch's (mean, variance) per channel from its groups' keepdims moments:

@@ -81,15 +81,38 @@ def test_ghost_gradients_match_finite_differences():
     assert np.abs(dgamma.numpy() - num_dg).max() < 1e-5 and np.abs(dbeta.numpy() - num_db).max() < 1e-5
 
 
-def test_without_virtual_batch_size_it_is_exactly_keras():
+def test_without_virtual_batch_size_it_is_keras_to_float_rounding():
     x = np.random.default_rng(1).normal(1, 2, (8, 4, 4, 3)).astype("float32")
     ours, theirs = layers.BatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
     for layer in (ours, theirs):
         layer.build(x.shape)
-    for _ in range(3):
-        assert np.array_equal(ours(x, training=True).numpy(), theirs(x, training=True).numpy())
-    assert np.array_equal(ours.moving_variance.numpy(), theirs.moving_variance.numpy())
-    assert np.array_equal(ours(x, training=False).numpy(), theirs(x, training=False).numpy())
+    for _ in range(3):  # on Keras 3 ours trains through TF's fused op: same formula, other sums
+        assert np.abs(ours(x, training=True).numpy() - theirs(x, training=True).numpy()).max() < 1e-5
+    assert np.abs(ours.moving_variance.numpy() - theirs.moving_variance.numpy()).max() < 1e-6
+    assert np.abs(ours.moving_mean.numpy() - theirs.moving_mean.numpy()).max() < 1e-6
+    assert np.abs(ours(x, training=False).numpy() - theirs(x, training=False).numpy()).max() < 1e-5
+    xt = tf.constant(x)
+    grads = []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(layer(xt, training=True) * tf.sin(xt))
+        grads.append(tape.gradient(loss, [xt, *layer.trainable_variables]))
+    for a, b in zip(*grads):
+        assert np.abs(a.numpy() - b.numpy()).max() < 1e-4 * np.abs(b.numpy()).max()
+
+
+def test_the_fused_path_is_taken_only_where_it_is_keras():
+    x = np.zeros((4, 3, 3, 2), np.float32)
+    plain = layers.BatchNormalization()
+    plain.build(x.shape)
+    assert plain._fusable(tf.constant(x), None) == layers.KERAS_3
+    for layer in (layers.BatchNormalization(virtual_batch_size=2), layers.BatchNormalization(axis=1),
+                  layers.BatchNormalization(renorm=True)):
+        layer.build(x.shape)
+        assert not layer._fusable(tf.constant(x), None)
+    assert not plain._fusable(tf.constant(x, tf.float64), None)
+    assert not plain._fusable(tf.constant(x[:, :, 0]), None)
 
 
 def test_inference_is_unchanged_and_config_round_trips(tmp_path):
