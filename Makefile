@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LEGACY_PYTHON ?= python3.11
 LEGACY := .venv-legacy
 
-.PHONY: demo test bench studies venv clean legacy-venv legacy-test
+.PHONY: demo test bench bench-peers studies venv clean legacy-venv legacy-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ bench: $(VENV)/.installed
 	$(BIN)/normbench bench cli
 	$(BIN)/normbench bench memory
 	$(BIN)/normbench bench workers --reps 3
+	$(BIN)/normbench bench floor
+	$(BIN)/normbench bench startup
+
+# normbench against PyTorch (the test extras install a CPU wheel where one is at hand): the
+# tutorial CNN at batch 32 and 8, the study model with BN and with GN at batch 64.
+VGG := --config configs/bench/vgg_sgd.yaml --batch-size 64 --epochs 3
+bench-peers: $(VENV)/.installed-test
+	$(BIN)/normbench bench train --peers torch --seeds 3 --epochs 4 --json results/bench/train.json
+	$(BIN)/normbench bench train --peers torch --seeds 3 --epochs 3 --batch-size 8 \
+	  --json results/bench/train_b8.json
+	$(BIN)/normbench bench train --peers torch --seeds 2 $(VGG) --json results/bench/train_vgg_bn.json
+	$(BIN)/normbench bench train --peers torch --seeds 2 $(VGG) -s model.norm.type=group \
+	  --json results/bench/train_vgg_gn.json
+	$(BIN)/normbench bench floor
+	$(BIN)/normbench bench startup
 
 # The Group Normalization paper's three studies (configs/studies/), each into its committed
 # results directory, then its report. They resume: run again after an interruption.

@@ -120,14 +120,17 @@ def normbench_path(spec: specs.Spec) -> dict[str, Any]:
 
 
 PEER_TARGETS = {8: 1.5, 32: 1.2}  # normbench / tuned PyTorch on the tutorial model, by batch
+STUDY_PEER_TARGET = 1.0  # the study model (vgg, BN or GN, batch 64, SGD momentum)
 
 
 def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
                 batch_size: int = 32, config: Path = CONFIGS / "groupnorm.yaml",
-                peers: tuple[str, ...] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+                overrides: tuple[str, ...] = (), peers: tuple[str, ...] = (),
+                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Per seed, the tutorial recipe and normbench's default path (and, with peers=("torch",),
     the same model in PyTorch, eager and tuned) on the same data and epochs, rotating which goes
-    first; steady samples/s are epochs 2.. of each."""
+    first; steady samples/s are epochs 2.. of each. A `config` whose model is not the tutorial
+    CNN (the study model: configs/bench/vgg_sgd.yaml) is measured against the peers only."""
     if epochs < 2:
         raise NormbenchError("bench train: --epochs must be >= 2 (epoch 1 includes compilation)")
     from normbench import data, stats
@@ -142,13 +145,17 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
             log(f"skipping the PyTorch peer: {why}")
             peers = ()
 
-    base = grid.load(config, [f"dataset={dataset}", f"train.epochs={epochs}",
+    base = grid.load(config, [*overrides, f"dataset={dataset}", f"train.epochs={epochs}",
                                f"train.batch_size={batch_size}"])
+    tutorial = base.model.arch == "tutorial"
+    if not tutorial and not peers:
+        raise NormbenchError(f"bench train --config {config}: a model other than the tutorial CNN "
+                             "is measured against a peer only: add --peers torch")
     ds = data.load(base.dataset)
     peak = sgemm_peak()
     paths = {"tutorial": lambda spec: tutorial_recipe(spec, ds, "keras"),
              "tutorial + normbench GN": lambda spec: tutorial_recipe(spec, ds, "native"),
-             "normbench": normbench_path}
+             "normbench": normbench_path} if tutorial else {"normbench": normbench_path}
     if peers:
         from normbench import peers as torch_peer
 
@@ -163,7 +170,7 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
             runs[path].append({"seed": seed, **result})
             log(f"seed {seed} {path:23s} {result['samples_per_s']:9,.0f} samples/s  first epoch "
                 f"{result['first_epoch_s']:.2f} s  test acc {100 * result['test_accuracy']:.2f}%")
-    flops = runs["tutorial"][0]["flops_per_sample"]
+    flops = model_flops(base, ds)
     versus = {}
     if peers:
         for style in ("eager", "tuned"):
@@ -178,18 +185,46 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
                          "test_accuracy_mean": statistics.fmean(acc),
                          "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                          "gflops": rate * flops / 1e9, "fraction_of_peak": rate * flops / 1e9 / peak}
-    ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs["tutorial"], runs["normbench"])]
-    acc_t = [r["test_accuracy"] for r in runs["tutorial"]]
-    acc_n = [r["test_accuracy"] for r in runs["normbench"]]
-    p_value = stats.welch(acc_n, acc_t)[1] if seeds > 1 else None
-    return {"dataset": ds.provenance["name"], "epochs": epochs, "batch_size": batch_size,
-            "seeds": seeds, "flops_per_sample": flops, "sgemm_peak_gflops": peak, "runs": runs,
-            "summary": summary, "ratio": summary["normbench"]["samples_per_s"] / summary["tutorial"]["samples_per_s"],
-            "ratio_same_layer": summary["normbench"]["samples_per_s"]
+    found = {"dataset": ds.provenance["name"], "config": str(config), "overrides": list(overrides),
+             "model": _model_label(base), "epochs": epochs, "batch_size": batch_size,
+             "seeds": seeds, "flops_per_sample": flops, "sgemm_peak_gflops": peak, "runs": runs,
+             "summary": summary, "compiled": runs["normbench"][0]["compiled"],
+             "versus_torch": versus, "torch_version": _torch_version() if versus else None,
+             "torch_target": (PEER_TARGETS.get(batch_size) if tutorial else STUDY_PEER_TARGET)
+             if versus else None}
+    if tutorial:
+        acc_t = [r["test_accuracy"] for r in runs["tutorial"]]
+        acc_n = [r["test_accuracy"] for r in runs["normbench"]]
+        found.update(
+            ratio=summary["normbench"]["samples_per_s"] / summary["tutorial"]["samples_per_s"],
+            ratio_same_layer=summary["normbench"]["samples_per_s"]
             / summary["tutorial + normbench GN"]["samples_per_s"],
-            "ratio_per_seed": ratios, "accuracy_difference": statistics.fmean(acc_n) - statistics.fmean(acc_t),
-            "accuracy_p_value": p_value, "compiled": runs["normbench"][0]["compiled"],
-            "versus_torch": versus, "torch_target": PEER_TARGETS.get(batch_size) if versus else None}
+            ratio_per_seed=[b["samples_per_s"] / a["samples_per_s"]
+                            for a, b in zip(runs["tutorial"], runs["normbench"])],
+            accuracy_difference=statistics.fmean(acc_n) - statistics.fmean(acc_t),
+            accuracy_p_value=stats.welch(acc_n, acc_t)[1] if seeds > 1 else None)
+    return found
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _model_label(spec: specs.Spec) -> str:
+    m = spec.model
+    if m.arch == "tutorial":
+        return f"tutorial CNN, {m.norm.type} norm"
+    return f"{m.arch} {'-'.join(map(str, m.widths))}, {m.norm.type} norm, {spec.train.optimizer}"
+
+
+def model_flops(spec: specs.Spec, ds) -> float:
+    """Training FLOPs per sample of the spec's model (conv and dense layers, x3)."""
+    from normbench import train
+
+    model, _ = train.initial_model(spec, ds.input_shape, ds.num_classes)
+    return train_flops_per_sample(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +490,63 @@ def bench_cli(*, records: int = 1000, repeats: int = 5, log: Callable[[str], Non
 
 
 # ---------------------------------------------------------------------------------------------
+# bench floor: each kernel of a step alone vs the step; bench startup: tracing and process start
+
+
+def bench_floor(*, batch_sizes: tuple[int, ...] = (32, 8), config: Path = CONFIGS / "groupnorm.yaml",
+                overrides: tuple[str, ...] = (), repeats: int = 5,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per batch size, the spec's step and the sum of its kernels timed alone (normbench.floor)."""
+    from normbench import floor
+
+    rows = []
+    for batch in batch_sizes:
+        spec = grid.load(config, [*overrides, f"train.batch_size={batch}"])
+        log(f"batch {batch}:")
+        rows.append(floor.measure(spec, repeats=repeats, log=log))
+    return {"config": str(config), "overrides": list(overrides), "rows": rows,
+            "target": floor.TARGET}
+
+
+STARTUP_TARGETS = {"first_epoch_extra_s": 1.0, "smoke_s": 6.0}
+
+
+def bench_startup(*, repeats: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """In fresh processes, as a user starts them: the first epoch's extra time over a steady one
+    (tracing, compilation, warm-up) of `normbench run configs/groupnorm.yaml` on mnist-10k, and
+    the wall time of `normbench run configs/groupnorm.yaml --smoke` from process start to exit
+    (median of `repeats`)."""
+    from normbench import store
+
+    extra, smoke, imports = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import tensorflow, keras"], capture_output=True)
+        imports.append(time.perf_counter() - start)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = [sys.executable, "-m", "normbench", "run", str(CONFIGS / "groupnorm.yaml"),
+                    "--quiet"]
+            start = time.perf_counter()
+            done = subprocess.run([*base, "--smoke", "--results", f"{tmp}/smoke"],
+                                  capture_output=True, text=True)
+            smoke.append(time.perf_counter() - start)
+            if done.returncode != 0:
+                raise NormbenchError(f"bench startup: the smoke run failed: {done.stderr.strip()[-300:]}")
+            done = subprocess.run([*base, "-s", "dataset=mnist-10k", "-s", "train.epochs=3",
+                                   "--results", f"{tmp}/full"], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise NormbenchError(f"bench startup: the run failed: {done.stderr.strip()[-300:]}")
+            record = store.load_records(Path(tmp) / "full")[0][0]
+            extra.append(record.first_epoch_s - record.steady_epoch_s)
+        log(f"import tensorflow, keras {imports[-1]:.2f} s; --smoke end to end {smoke[-1]:.2f} s; first epoch {record.first_epoch_s:.2f} s, "
+            f"steady {record.steady_epoch_s:.2f} s: extra {extra[-1]:.2f} s")
+    return {"first_epoch_extra_s": _median(extra), "smoke_s": _median(smoke),
+            "import_s": _median(imports),
+            "runs": {"first_epoch_extra_s": extra, "smoke_s": smoke, "import_s": imports},
+            "targets": STARTUP_TARGETS}
+
+
+# ---------------------------------------------------------------------------------------------
 # bench memory: peak RSS of a whole `normbench run`
 
 
@@ -538,23 +630,47 @@ def print_train(found: dict[str, Any]) -> None:
              f"{s['gflops']:.1f}", f"{100 * s['fraction_of_peak']:.1f}%")
             for path, s in found["summary"].items()]
     console.plain_table(
-        f"bench train: {found['dataset']}, batch {found['batch_size']}, {found['epochs']} epochs x "
+        f"bench train: {found.get('model', 'tutorial CNN')}, {found['dataset']}, batch "
+        f"{found['batch_size']}, {found['epochs']} epochs x "
         f"{found['seeds']} seed(s); {found['flops_per_sample'] / 1e6:.2f} MFLOP/sample; "
         f"sgemm peak {peak:.0f} GFLOP/s; normbench compiled: {found['compiled']}",
         ("path", "samples/s", "1st epoch s", "test acc % (mean ± std)", "GFLOP/s", "of peak"), rows)
-    p = found["accuracy_p_value"]
-    console.say(f"ratio normbench / tutorial: {found['ratio']:.2f}x (per seed "
-                + ", ".join(f"{r:.2f}" for r in found["ratio_per_seed"]) + "; target >= 3.0); "
-                f"normbench / tutorial + normbench GN (the training loop alone): "
-                f"{found['ratio_same_layer']:.2f}x; test accuracy normbench - tutorial "
-                f"{100 * found['accuracy_difference']:+.2f} points"
-                + (f" (Welch p = {p:.2f})" if p is not None else ""))
+    if "ratio" in found:
+        p = found["accuracy_p_value"]
+        console.say(f"ratio normbench / tutorial: {found['ratio']:.2f}x (per seed "
+                    + ", ".join(f"{r:.2f}" for r in found["ratio_per_seed"]) + "; target >= 3.0); "
+                    f"normbench / tutorial + normbench GN (the training loop alone): "
+                    f"{found['ratio_same_layer']:.2f}x; test accuracy normbench - tutorial "
+                    f"{100 * found['accuracy_difference']:+.2f} points"
+                    + (f" (Welch p = {p:.2f})" if p is not None else ""))
     versus, target = found.get("versus_torch") or {}, found.get("torch_target")
     if versus:
         verdict = "" if target is None else (
             f"; target >= {target:g}x: " + ("met" if versus["tuned"] >= target else "MISSED"))
         console.say(f"normbench / PyTorch eager: {versus['eager']:.2f}x; normbench / PyTorch "
-                    f"tuned (flushed denormals, fused Adam): {versus['tuned']:.2f}x{verdict}")
+                    f"tuned (flushed denormals, fused optimizer): {versus['tuned']:.2f}x{verdict}")
+
+
+def print_floor(found: dict[str, Any]) -> None:
+    for row in found["rows"]:
+        console.plain_table(
+            f"bench floor: {row['model']}, batch {row['batch_size']} ({row['compiled']}): each "
+            "kernel timed alone, ms per step (median)", ("kernel", "ms"),
+            [(r["kernel"], f"{r['ms']:.3f}") for r in row["rows"]]
+            + [("sum of the kernels", f"{row['kernels_ms']:.3f}"),
+               ("normbench's step", f"{row['step_ms']:.3f}")])
+        console.say(f"batch {row['batch_size']}: step / sum of kernels {row['ratio']:.2f}x "
+                    f"(target <= {row['target']:g}x: "
+                    f"{'met' if row['ratio'] <= row['target'] else 'MISSED'})")
+
+
+def print_startup(found: dict[str, Any]) -> None:
+    for key, label in (("first_epoch_extra_s", "first epoch's extra time over a steady one"),
+                       ("smoke_s", "`run --smoke`, process start to exit")):
+        target = found["targets"][key]
+        console.say(f"{label}: {found[key]:.2f} s (target <= {target:g} s: "
+                    f"{'met' if found[key] <= target else 'MISSED'})")
+    console.say(f"(`python -c 'import tensorflow, keras'` alone: {found['import_s']:.2f} s)")
 
 
 def print_layers(rows: list[dict[str, Any]]) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -485,14 +485,55 @@ def bench_train(epochs: int = typer.Option(3, min=2, max=100, help="Epochs per r
                 batch_size: int = typer.Option(32, min=1, max=4096),
                 peers: List[str] = typer.Option([], "--peers", help="torch: the same model in "
                                                 "PyTorch, eager and tuned (normbench[bench])."),
+                config: Optional[Path] = typer.Option(
+                    None, help="The spec to measure (default: the tutorial CNN with GroupNorm); "
+                               "another model, e.g. configs/bench/vgg_sgd.yaml, needs --peers."),
+                sets: List[str] = SETS,
                 json_path: Path = _bench_json("train")) -> None:
     """The tutorial's recipe (Sequential + model.fit) vs normbench's default training path:
-    steady samples/s, the ratio, first-epoch time, test accuracy, GFLOP/s vs sgemm peak."""
+    steady samples/s, the ratio, first-epoch time, test accuracy, GFLOP/s vs sgemm peak; with
+    --peers torch, the same model in PyTorch too."""
     from normbench import bench
 
     found = bench.bench_train(epochs=epochs, seeds=seeds, dataset=dataset,
-                              batch_size=batch_size, peers=tuple(peers), log=_log)
+                              batch_size=batch_size, peers=tuple(peers), log=_log,
+                              overrides=tuple(sets),
+                              **({"config": config} if config is not None else {}))
     bench.print_train(found)
+    bench.write_json(json_path, {**found, "env": bench.environment()})
+
+
+@bench_app.command("floor")
+@_friendly
+def bench_floor(batch_size: List[int] = typer.Option([32, 8], "--batch-size", min=1, max=4096,
+                                                    help="Batch sizes (repeat the option)."),
+                repeats: int = typer.Option(5, min=1, max=100, help="Timed calls per kernel (median)."),
+                config: Optional[Path] = typer.Option(None, help="The spec (default: the tutorial "
+                                                            "CNN with GroupNorm)."),
+                sets: List[str] = SETS,
+                json_path: Path = _bench_json("floor")) -> None:
+    """Each kernel a training step needs (every layer's forward and backward, the loss, the
+    optimizer update over all parameters), timed alone, against normbench's step: the step as a
+    multiple of their sum (target <= 1.5x)."""
+    from normbench import bench
+
+    found = bench.bench_floor(batch_sizes=tuple(batch_size), repeats=repeats, log=_log,
+                              overrides=tuple(sets),
+                              **({"config": config} if config is not None else {}))
+    bench.print_floor(found)
+    bench.write_json(json_path, {**found, "env": bench.environment()})
+
+
+@bench_app.command("startup")
+@_friendly
+def bench_startup(repeats: int = typer.Option(3, min=1, max=20, help="Fresh processes (median)."),
+                  json_path: Path = _bench_json("startup")) -> None:
+    """The first epoch's extra time over a steady one (tracing, compilation; target <= 1 s) and
+    `normbench run --smoke` from process start to exit (target <= 6 s), in fresh processes."""
+    from normbench import bench
+
+    found = bench.bench_startup(repeats=repeats, log=_log)
+    bench.print_startup(found)
     bench.write_json(json_path, {**found, "env": bench.environment()})
 
 

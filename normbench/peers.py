@@ -28,8 +28,10 @@ def missing() -> str | None:
     return None
 
 
-def build(model: specs.ModelSpec, norm_type: str, groups: int | None, epsilon: float):
-    """normbench's tutorial CNN or vgg in PyTorch, with the same parameter count."""
+def build(model: specs.ModelSpec, norm_type: str, groups: int | None, epsilon: float,
+          momentum: float | None = 0.99):
+    """normbench's tutorial CNN or vgg in PyTorch, with the same parameter count (a BN's
+    `momentum` is Keras's: the moving averages keep that fraction each step)."""
     import torch
     from torch import nn
 
@@ -37,7 +39,7 @@ def build(model: specs.ModelSpec, norm_type: str, groups: int | None, epsilon: f
         if norm_type == "group":
             return nn.GroupNorm(groups, channels, eps=epsilon)
         if norm_type == "batch":
-            return nn.BatchNorm2d(channels, eps=epsilon, momentum=0.01)  # Keras's 0.99
+            return nn.BatchNorm2d(channels, eps=epsilon, momentum=1.0 - (momentum or 0.99))
         if norm_type == "none":
             return nn.Identity()
         raise NormbenchError(f"bench train --peers torch: norm {norm_type!r} has no PyTorch peer "
@@ -64,6 +66,12 @@ def build(model: specs.ModelSpec, norm_type: str, groups: int | None, epsilon: f
     return nn.Sequential(*layers)
 
 
+def warmup_factor(step: int, warmup: int) -> float:
+    """The fraction of the peak rate at optimizer step `step` (0-based): normbench's linear
+    warmup, (step + 1) / warmup, then 1."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
 def train(spec: specs.Spec, ds, style: str) -> dict[str, Any]:
     """Train the spec's model in PyTorch on the dataset (NHWC float32 in [0, 1]) for the spec's
     epochs and batch; steady samples/s over epochs 2.., the first epoch's time, per-epoch
@@ -76,7 +84,7 @@ def train(spec: specs.Spec, ds, style: str) -> dict[str, Any]:
     t, norm = spec.train, spec.model.norm
     torch.manual_seed(t.seed)
     torch.set_flush_denormal(style == "tuned")
-    model = build(spec.model, norm.type, norm.groups, norm.epsilon)
+    model = build(spec.model, norm.type, norm.groups, norm.epsilon, norm.momentum)
     if t.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=t.effective_learning_rate, eps=1e-7,
                                      **({"fused": True} if style == "tuned" else {}))
@@ -87,6 +95,13 @@ def train(spec: specs.Spec, ds, style: str) -> dict[str, Any]:
                                     **({"foreach": True} if style == "tuned" else {}))
     else:
         raise NormbenchError(f"bench train --peers torch: optimizer {t.optimizer!r} has no peer")
+    if t.schedule != "constant" or t.steps is not None:
+        raise NormbenchError(f"bench train --peers torch: the peer trains a constant learning rate "
+                             f"(with warmup) for whole epochs; this spec has schedule "
+                             f"{t.schedule!r}" + (f" and steps {t.steps}" if t.steps else ""))
+    per_epoch = -(-len(ds.y_train) // t.batch_size)
+    warmup = round(t.warmup_epochs * per_epoch)  # linear, as normbench's: peak * (step + 1) / warmup
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, warmup))
     images = torch.from_numpy(np.ascontiguousarray(ds.x_train.transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(ds.y_train.astype(np.int64))
     loss_fn = nn.CrossEntropyLoss()
@@ -104,6 +119,7 @@ def train(spec: specs.Spec, ds, style: str) -> dict[str, Any]:
                 loss = loss_fn(model(images[rows]), labels[rows])
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 total += float(loss.detach()) * len(rows)
             times.append(time.perf_counter() - start)
             losses.append(total / n)

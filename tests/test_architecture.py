@@ -28,8 +28,9 @@ ALLOWED = {
     "plot": {"stats", "store", "tables", "errors"},
     "report": {"grid", "spec", "stats", "store", "tables", "plot", "errors"}, "verify": {"layers", "console", "tables", "norms"},
     "peers": {"spec", "errors"},
+    "floor": {"data", "layers", "spec", "train"},
     "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data", "peers",
-              "stats", "layers", "norms"},
+              "stats", "layers", "norms", "floor"},
 }
 TF_MODULES = {"layers", "models", "train"}  # import TensorFlow at module level
 

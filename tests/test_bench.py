@@ -92,3 +92,33 @@ def test_bench_train_refuses_a_single_epoch():
     result = runner.invoke(app, ["bench", "train", "--epochs", "1"])
     said = result.stdout + result.stderr  # click 8.1 and 8.2 word it differently
     assert result.exit_code == 2 and "--epochs" in said and "2" in said
+
+
+def test_bench_floor_times_every_kernel_of_the_step(tmp_path):
+    out = tmp_path / "floor.json"
+    result = runner.invoke(app, ["bench", "floor", "--batch-size", "4", "--repeats", "1",
+                                 "-s", "dataset=mnist-10k", "--json", str(out)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    found = json.loads(out.read_text())
+    row = found["rows"][0]
+    kernels = [r["kernel"] for r in row["rows"]]
+    # every layer of the tutorial CNN, the loss and the optimizer, each with a positive time
+    for name in ("Conv2D", "GroupNormalization", "Flatten", "Dense", "Dropout", "loss",
+                 "optimizer update (adam, 866,818 parameters)"):
+        assert any(name in k for k in kernels), (name, kernels)
+    assert all(r["ms"] > 0 for r in row["rows"]) and row["batch_size"] == 4
+    assert row["kernels_ms"] == pytest.approx(sum(r["ms"] for r in row["rows"]))
+    assert row["ratio"] == pytest.approx(row["step_ms"] / row["kernels_ms"])
+    assert "step / sum of kernels" in result.stdout
+
+
+def test_bench_startup_measures_fresh_processes(tmp_path):
+    found = bench.bench_startup(repeats=1, log=lambda line: None)
+    assert 0 < found["smoke_s"] < 300 and found["runs"]["smoke_s"] == [found["smoke_s"]]
+    assert -5 < found["first_epoch_extra_s"] < 60
+
+
+def test_bench_train_of_another_model_needs_a_peer():
+    result = runner.invoke(app, ["bench", "train", "--config",
+                                 str(bench.CONFIGS / "bench" / "vgg_sgd.yaml")])
+    assert result.exit_code == 2 and "--peers torch" in result.stderr

@@ -15,9 +15,11 @@ pytest.importorskip("torch", reason="PyTorch is not installed (make test install
 @pytest.mark.parametrize("config,overrides", [
     ("groupnorm.yaml", []),
     ("studies/gn_paper_ghost.yaml", ["sweep={}", "seeds=1", "train.steps=null", "train.epochs=2",
+                                     "train.schedule=constant",
                                      "model.widths=[8, M, 16]", "model.norm.type=group",
                                      "model.norm.groups=4", "model.norm.momentum=null"]),
     ("studies/gn_paper_ghost.yaml", ["sweep={}", "seeds=1", "train.steps=null", "train.epochs=2",
+                                     "train.schedule=constant",
                                      "model.widths=[8, M, 16]"]),
 ])
 def test_the_peer_has_normbenchs_parameter_count_and_learns(config, overrides, style):
@@ -39,3 +41,39 @@ def test_norms_without_a_peer_are_refused():
                      ["model.norm.type=instance"])
     with pytest.raises(NormbenchError, match="no PyTorch peer"):
         peers.build(spec.model, "instance", None, 1e-3)
+
+
+def test_bench_train_measures_the_study_model_against_the_peer(tmp_path):
+    from normbench import bench
+
+    found = bench.bench_train(epochs=2, seeds=1, batch_size=64, peers=("torch",),
+                              config=bench.CONFIGS / "bench" / "vgg_sgd.yaml",
+                              overrides=("model.widths=[8, M, 16]",), log=lambda line: None)
+    assert set(found["summary"]) == {"normbench", "torch eager", "torch tuned"}
+    assert found["torch_target"] == bench.STUDY_PEER_TARGET and "ratio" not in found
+    assert found["versus_torch"]["tuned"] == pytest.approx(
+        found["summary"]["normbench"]["samples_per_s"] / found["summary"]["torch tuned"]["samples_per_s"])
+
+
+def test_a_batchnorm_peer_keeps_the_specs_momentum():
+    from torch import nn
+
+    spec = grid.load(__import__("normbench.bench", fromlist=["CONFIGS"]).CONFIGS / "bench" / "vgg_sgd.yaml")
+    model = peers.build(spec.model, "batch", None, 1e-3, spec.model.norm.momentum)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.momentum == pytest.approx(1 - 0.9) for m in bns)
+
+
+def test_the_peer_warms_up_as_normbench_and_refuses_other_schedules():
+    from normbench.bench import CONFIGS
+
+    from normbench import train
+
+    schedule = train.LearningRate(0.1, 100, 5)  # normbench's: 5 warmup steps, then constant
+    for step in range(8):
+        assert 0.1 * peers.warmup_factor(step, 5) == pytest.approx(float(schedule(step)))
+    assert peers.warmup_factor(0, 0) == 1.0
+    ds = data.load("mnist-10k", smoke=True)
+    stepped = grid.load(CONFIGS / "bench" / "vgg_sgd.yaml", ["train.schedule=cosine"])
+    with pytest.raises(NormbenchError, match="constant learning rate"):
+        peers.train(stepped, ds, "eager")
