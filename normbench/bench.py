@@ -497,13 +497,16 @@ def bench_floor(*, batch_sizes: tuple[int, ...] = (32, 8), config: Path = CONFIG
                 overrides: tuple[str, ...] = (), repeats: int = 5,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Per batch size, the spec's step and the sum of its kernels timed alone (normbench.floor)."""
-    from normbench import floor
+    from normbench import floor, peers
 
+    why = peers.missing()
+    if why:
+        log(f"without PyTorch's kernels beside normbench's: {why}")
     rows = []
     for batch in batch_sizes:
         spec = grid.load(config, [*overrides, f"train.batch_size={batch}"])
         log(f"batch {batch}:")
-        rows.append(floor.measure(spec, repeats=repeats, log=log))
+        rows.append(floor.measure(spec, repeats=repeats, peer=why is None, log=log))
     return {"config": str(config), "overrides": list(overrides), "rows": rows,
             "target": floor.TARGET}
 
@@ -659,6 +662,11 @@ def print_floor(found: dict[str, Any]) -> None:
             [(r["kernel"], f"{r['ms']:.3f}") for r in row["rows"]]
             + [("sum of the kernels", f"{row['kernels_ms']:.3f}"),
                ("normbench's step", f"{row['step_ms']:.3f}")])
+        if "torch_rows" in row:
+            console.plain_table(
+                f"the tuned PyTorch peer's kernels, batch {row['batch_size']}, each timed alone, ms",
+                ("kernel", "ms"), [(r["kernel"], f"{r['ms']:.3f}") for r in row["torch_rows"]]
+                + [("sum of the kernels", f"{row['torch_kernels_ms']:.3f}")])
         console.say(f"batch {row['batch_size']}: step / sum of kernels {row['ratio']:.2f}x "
                     f"(target <= {row['target']:g}x: "
                     f"{'met' if row['ratio'] <= row['target'] else 'MISSED'})")

@@ -68,8 +68,10 @@ def _layer_kernel(layer, shape, first: bool, rng) -> Callable[[], list]:
     return body
 
 
-def measure(spec: specs.Spec, *, repeats: int = 5, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The per-kernel times and normbench's step (ms) for the spec's model and batch."""
+def measure(spec: specs.Spec, *, repeats: int = 5, peer: bool = False,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The per-kernel times and normbench's step (ms) for the spec's model and batch; with
+    `peer`, the tuned PyTorch peer's kernels too (normbench.peers)."""
     rng = np.random.default_rng(0)
     ds = data.load(spec.dataset)
     t = spec.train
@@ -83,7 +85,7 @@ def measure(spec: specs.Spec, *, repeats: int = 5, log: Callable[[str], None] = 
         shape = (batch, *ds.input_shape)
         for i, layer in enumerate(model.layers):
             ms = _timed(_loop(_layer_kernel(layer, shape, i == 0, rng)), repeats)
-            rows.append({"kernel": f"{layer.name} ({type(layer).__name__}) forward + backward",
+            rows.append({"kernel": f"{type(layer).__name__} (layer {i + 1}) forward + backward",
                          "ms": ms})
             log(f"  {rows[-1]['kernel']}: {ms:.3f} ms")
             shape = layer.compute_output_shape(shape)
@@ -113,8 +115,14 @@ def measure(spec: specs.Spec, *, repeats: int = 5, log: Callable[[str], None] = 
             f"{rows[-1]['ms']:.3f} ms")
         step = _step_ms(fit, ds, batch, repeats)
     total = sum(r["ms"] for r in rows)
-    return {"model": model.name, "batch_size": batch, "compiled": fit.mode, "rows": rows,
-            "kernels_ms": total, "step_ms": step, "ratio": step / total, "target": TARGET}
+    found = {"model": model.name, "batch_size": batch, "compiled": fit.mode, "rows": rows,
+             "kernels_ms": total, "step_ms": step, "ratio": step / total, "target": TARGET}
+    if peer:
+        from normbench import peers
+
+        torch_rows = peers.kernel_times(spec, ds.input_shape, repeats=repeats)
+        found.update(torch_rows=torch_rows, torch_kernels_ms=sum(r["ms"] for r in torch_rows))
+    return found
 
 
 TARGET = 1.5  # normbench's step / the sum of its kernels

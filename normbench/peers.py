@@ -133,3 +133,64 @@ def train(spec: specs.Spec, ds, style: str) -> dict[str, Any]:
     steady = n * (len(times) - 1) / sum(times[1:]) if len(times) > 1 else n / times[0]
     return {"samples_per_s": steady, "first_epoch_s": times[0], "losses": losses,
             "test_accuracy": accuracy, "params": sum(p.numel() for p in model.parameters())}
+
+
+def kernel_times(spec: specs.Spec, input_shape: tuple[int, ...], repeats: int = 5,
+                 loop: int = 50) -> list[dict[str, Any]]:
+    """The tuned peer's kernels, each timed alone as `bench floor` times normbench's: every
+    module's forward and backward (ms, median of `repeats` loops of `loop`), the loss, and the
+    optimizer step over all parameters."""
+    import torch
+    from torch import nn
+
+    t, norm = spec.train, spec.model.norm
+    torch.manual_seed(0)
+    torch.set_flush_denormal(True)
+    model = build(spec.model, norm.type, norm.groups, norm.epsilon, norm.momentum)
+    model.train()
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(loop):
+                fn()
+            times.append((time.perf_counter() - start) / loop * 1e3)
+        return float(np.median(times))
+
+    rows = []
+    h, w, c = input_shape
+    x = torch.randn(t.batch_size, c, h, w)
+    try:
+        for i, module in enumerate(model):
+            inp = x.detach().requires_grad_(i > 0)
+            out = module(inp)
+            dy = torch.randn_like(out)
+
+            def step(module=module, inp=inp, dy=dy):
+                module(inp).backward(dy)
+
+            if out.requires_grad:
+                rows.append({"kernel": f"{type(module).__name__} (module {i + 1}) forward + backward",
+                             "ms": timed(step)})
+            x = out.detach()
+        logits = torch.randn(t.batch_size, 10, requires_grad=True)
+        labels = torch.randint(0, 10, (t.batch_size,))
+        loss_fn = nn.CrossEntropyLoss()
+        rows.append({"kernel": "loss (softmax cross-entropy) forward + backward",
+                     "ms": timed(lambda: loss_fn(logits, labels).backward())})
+        params = list(model.parameters())
+        for p in params:
+            p.grad = 1e-3 * torch.randn_like(p)
+        if t.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=t.effective_learning_rate, eps=1e-7, fused=True)
+        else:
+            optimizer = torch.optim.SGD(params, lr=t.effective_learning_rate, momentum=t.momentum,
+                                        weight_decay=t.weight_decay, foreach=True)
+        count = sum(p.numel() for p in params)
+        rows.append({"kernel": f"optimizer update ({t.optimizer}, {count:,} parameters)",
+                     "ms": timed(optimizer.step)})
+    finally:
+        torch.set_flush_denormal(False)
+    return rows

@@ -127,10 +127,81 @@ def bench() -> str:
                 f"1 worker {wk['runs_per_min']['1']:.1f} runs/min, {wk['jobs']} workers "
                 f"{wk['runs_per_min'][str(wk['jobs'])]:.1f}: **{wk['ratio']:.2f}x** | >= 1.6x: "
                 f"{_met(wk['ratio'] >= 1.6)} |")
-    env = t["env"]
+    machines: dict[str, list[str]] = {}
+    for name, found in (("train", t), ("layers", lay), ("cli", cli), ("memory", mem), ("workers", wk)):
+        env = found["env"]
+        machines.setdefault(f"{env['cpu_count']} cores ({env['cpu']}), TF {env['tensorflow']}, "
+                            f"Keras {env['keras']}", []).append(f"`{name}`")
+    where = "; ".join(f"{', '.join(names)} on {machine}" if len(machines) > 1 else machine
+                      for machine, names in machines.items())
     return ("\n".join(rows) + "\n\n"
-            f"Measured on {env['cpu_count']} cores ({env['cpu']}), TF {env['tensorflow']}, Keras "
-            f"{env['keras']}; one invocation each; the JSON is in `results/examples/bench/`.\n")
+            f"Measured on {where}; one invocation each; the JSON is in `results/examples/bench/`.\n")
+
+
+PEER_RUNS = (("train.json", "tutorial CNN, GN, Adam"), ("train_b8.json", "tutorial CNN, GN, Adam"),
+             ("train_vgg_bn.json", "study model (vgg, 8 conv), BN, SGD momentum"),
+             ("train_vgg_gn.json", "study model (vgg, 8 conv), GN, SGD momentum"))
+
+
+def peers() -> str:
+    """normbench against PyTorch (bench train --peers torch), the floor and start-up."""
+    rows = ["| model | batch | normbench | PyTorch eager | PyTorch tuned | normbench / eager | "
+            "normbench / tuned | target |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    env = None
+    for name, label in PEER_RUNS:
+        t = _load(BENCH / name)
+        env = env or t["env"]
+        s, versus, target = t["summary"], t["versus_torch"], t["torch_target"]
+        acc = "; test acc " + ", ".join(
+            f"{100 * s[k]['test_accuracy_mean']:.2f}" for k in ("normbench", "torch eager")) + "%"
+        rows.append(f"| {label} | {t['batch_size']} | {s['normbench']['samples_per_s']:,.0f}/s | "
+                    f"{s['torch eager']['samples_per_s']:,.0f}/s | {s['torch tuned']['samples_per_s']:,.0f}/s | "
+                    f"{versus['eager']:.2f}x | **{versus['tuned']:.2f}x** | >= {target:g}x: "
+                    f"{_met(versus['tuned'] >= target)} |")
+    floor, start = _load(BENCH / "floor.json"), _load(BENCH / "startup.json")
+    rows.append("")
+    rows.append("| `normbench bench floor`, tutorial CNN | batch | conv | GroupNorm | dense 1 (+ ReLU) | "
+                "optimizer | all kernels | the step | step / kernels | target |")
+    rows.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    gaps = []
+    for r in floor["rows"]:
+        ours = {k["kernel"].split(" (")[0] + str(i): k["ms"] for i, k in enumerate(r["rows"])}
+        mine = [ours["Conv2D0"], ours["GroupNormalization1"], ours["Dense3"],
+                next(k["ms"] for k in r["rows"] if k["kernel"].startswith("optimizer"))]
+        rows.append(f"| normbench ({r['compiled']}) | {r['batch_size']} | "
+                    + " | ".join(f"{v:.2f} ms" for v in mine)
+                    + f" | {r['kernels_ms']:.2f} ms | {r['step_ms']:.2f} ms | {r['ratio']:.2f}x | "
+                    f"<= {r['target']:g}x: {_met(r['ratio'] <= r['target'])} |")
+        if "torch_rows" in r:
+            t = {k["kernel"].split(" (")[0] + str(i): k["ms"] for i, k in enumerate(r["torch_rows"])}
+            theirs = [t["Conv2d0"], t["GroupNorm1"], t["Linear3"] + t["ReLU4"],
+                      next(k["ms"] for k in r["torch_rows"] if k["kernel"].startswith("optimizer"))]
+            rows.append(f"| PyTorch tuned, same kernels alone | {r['batch_size']} | "
+                        + " | ".join(f"{v:.2f} ms" for v in theirs)
+                        + f" | {r['torch_kernels_ms']:.2f} ms | | | |")
+            gaps.append((r["batch_size"], r["kernels_ms"] - r["torch_kernels_ms"],
+                         mine[1] - theirs[1], mine[1] / theirs[1]))
+    if gaps:
+        rows.append("")
+        rows.append("Where the time goes: normbench's step costs what its kernels cost alone (the "
+                    "step / kernels column), so what is left is in the kernels themselves. "
+                    + " ".join(f"At batch {b}, normbench's kernels take {d:.2f} ms more than "
+                               f"PyTorch's; its GroupNorm alone {g:.2f} ms more ({x:.1f}x "
+                               f"PyTorch's)." for b, d, g, x in gaps))
+    targets = start["targets"]
+    text = "\n".join(rows) + (
+        f"\n\nStart-up (`normbench bench startup`, fresh processes, median of "
+        f"{len(start['runs']['smoke_s'])}): the first epoch takes {start['first_epoch_extra_s']:.2f} s "
+        f"more than a steady one (target <= {targets['first_epoch_extra_s']:g} s: "
+        f"{_met(start['first_epoch_extra_s'] <= targets['first_epoch_extra_s'])}); `normbench run "
+        f"configs/groupnorm.yaml --smoke` takes {start['smoke_s']:.2f} s from process start to exit "
+        f"(target <= {targets['smoke_s']:g} s: {_met(start['smoke_s'] <= targets['smoke_s'])})"
+        + (f", of which importing TensorFlow and Keras alone takes {start['import_s']:.2f} s"
+           if "import_s" in start else "") + ".\n")
+    return text + (f"\nMeasured on {env['cpu_count']} cores ({env['cpu']}), TF {env['tensorflow']}, "
+                   f"Keras {env['keras']}, PyTorch {_load(BENCH / 'train.json').get('torch_version', '?')}; "
+                   "each line one invocation, its paths rotated per seed; the JSON is in "
+                   "`results/examples/bench/`.\n")
 
 
 VERIFY = {"TF 2.21 + Keras 3": EXAMPLES / "verify" / "tf2.21-keras3.json",
@@ -270,7 +341,8 @@ def studies() -> str:
     return "\n".join(out)
 
 
-BLOCKS = {"paper": paper, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench, "verify": verify,
+BLOCKS = {"paper": paper, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
+          "peers": peers, "verify": verify,
           "validate_error": validate_error}
 
 

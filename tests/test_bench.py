@@ -103,13 +103,22 @@ def test_bench_floor_times_every_kernel_of_the_step(tmp_path):
     row = found["rows"][0]
     kernels = [r["kernel"] for r in row["rows"]]
     # every layer of the tutorial CNN, the loss and the optimizer, each with a positive time
-    for name in ("Conv2D", "GroupNormalization", "Flatten", "Dense", "Dropout", "loss",
+    for name in ("Conv2D", "GroupNormalization", "Flatten", "Dense", "Dropout", "loss (softmax",
                  "optimizer update (adam, 866,818 parameters)"):
         assert any(name in k for k in kernels), (name, kernels)
     assert all(r["ms"] > 0 for r in row["rows"]) and row["batch_size"] == 4
     assert row["kernels_ms"] == pytest.approx(sum(r["ms"] for r in row["rows"]))
     assert row["ratio"] == pytest.approx(row["step_ms"] / row["kernels_ms"])
     assert "step / sum of kernels" in result.stdout
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "torch_rows" not in row
+    else:  # the tuned peer's kernels beside normbench's: its GroupNorm, Linear layers and Adam
+        peer = [r["kernel"] for r in row["torch_rows"]]
+        assert any(k.startswith("GroupNorm") for k in peer) and any("Linear" in k for k in peer)
+        assert "optimizer update (adam, 866,818 parameters)" in peer
+        assert row["torch_kernels_ms"] == pytest.approx(sum(r["ms"] for r in row["torch_rows"]))
 
 
 def test_bench_startup_measures_fresh_processes(tmp_path):
