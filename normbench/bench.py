@@ -147,6 +147,12 @@ def bench_train(*, epochs: int = 3, seeds: int = 3, dataset: str = "mnist-10k",
 
     base = grid.load(config, [*overrides, f"dataset={dataset}", f"train.epochs={epochs}",
                                f"train.batch_size={batch_size}"])
+    if peers:  # a model, norm or optimizer without a peer fails now, not after minutes of runs
+        from normbench import peers as torch_peer
+
+        norm = base.model.norm
+        torch_peer.build(base.model, norm.type, norm.groups, norm.epsilon, norm.momentum)
+        torch_peer.check_training(base.train)
     tutorial = base.model.arch == "tutorial"
     if not tutorial and not peers:
         raise NormbenchError(f"bench train --config {config}: a model other than the tutorial CNN "
@@ -494,7 +500,7 @@ def bench_cli(*, records: int = 1000, repeats: int = 5, log: Callable[[str], Non
 
 
 def bench_floor(*, batch_sizes: tuple[int, ...] = (32, 8), config: Path = CONFIGS / "groupnorm.yaml",
-                overrides: tuple[str, ...] = (), repeats: int = 5,
+                overrides: tuple[str, ...] = (), repeats: int = 5, dataset: str = "mnist-10k",
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Per batch size, the spec's step and the sum of its kernels timed alone (normbench.floor)."""
     from normbench import floor, peers
@@ -504,7 +510,7 @@ def bench_floor(*, batch_sizes: tuple[int, ...] = (32, 8), config: Path = CONFIG
         log(f"without PyTorch's kernels beside normbench's: {why}")
     rows = []
     for batch in batch_sizes:
-        spec = grid.load(config, [*overrides, f"train.batch_size={batch}"])
+        spec = grid.load(config, [*overrides, f"dataset={dataset}", f"train.batch_size={batch}"])
         log(f"batch {batch}:")
         rows.append(floor.measure(spec, repeats=repeats, peer=why is None, log=log))
     return {"config": str(config), "overrides": list(overrides), "rows": rows,

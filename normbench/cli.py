@@ -508,6 +508,7 @@ def bench_train(epochs: int = typer.Option(3, min=2, max=100, help="Epochs per r
 def bench_floor(batch_size: List[int] = typer.Option([32, 8], "--batch-size", min=1, max=4096,
                                                     help="Batch sizes (repeat the option)."),
                 repeats: int = typer.Option(5, min=1, max=100, help="Timed calls per kernel (median)."),
+                dataset: str = typer.Option("mnist-10k", help="mnist, mnist-10k or fashion-mnist."),
                 config: Optional[Path] = typer.Option(None, help="The spec (default: the tutorial "
                                                             "CNN with GroupNorm)."),
                 sets: List[str] = SETS,
@@ -517,7 +518,7 @@ def bench_floor(batch_size: List[int] = typer.Option([32, 8], "--batch-size", mi
     multiple of their sum (target <= 1.5x)."""
     from normbench import bench
 
-    found = bench.bench_floor(batch_sizes=tuple(batch_size), repeats=repeats, log=_log,
+    found = bench.bench_floor(batch_sizes=tuple(batch_size), repeats=repeats, log=_log, dataset=dataset,
                               overrides=tuple(sets),
                               **({"config": config} if config is not None else {}))
     bench.print_floor(found)

@@ -119,9 +119,15 @@ def measure(spec: specs.Spec, *, repeats: int = 5, peer: bool = False,
              "kernels_ms": total, "step_ms": step, "ratio": step / total, "target": TARGET}
     if peer:
         from normbench import peers
+        from normbench.errors import NormbenchError
 
-        torch_rows = peers.kernel_times(spec, ds.input_shape, repeats=repeats)
-        found.update(torch_rows=torch_rows, torch_kernels_ms=sum(r["ms"] for r in torch_rows))
+        try:
+            torch_rows = peers.kernel_times(spec, ds.input_shape, repeats=repeats)
+        except NormbenchError as exc:  # a model or norm without a peer: normbench's side stands
+            log(f"without PyTorch's kernels: {exc}")
+            found["torch_skipped"] = str(exc)
+        else:
+            found.update(torch_rows=torch_rows, torch_kernels_ms=sum(r["ms"] for r in torch_rows))
     return found
 
 

@@ -66,6 +66,16 @@ def build(model: specs.ModelSpec, norm_type: str, groups: int | None, epsilon: f
     return nn.Sequential(*layers)
 
 
+def check_training(t: specs.TrainSpec) -> None:
+    """Refuse a training setup the peer does not reproduce."""
+    if t.optimizer not in ("adam", "sgd"):
+        raise NormbenchError(f"bench train --peers torch: optimizer {t.optimizer!r} has no peer")
+    if t.schedule != "constant" or t.steps is not None:
+        raise NormbenchError(f"bench train --peers torch: the peer trains a constant learning rate "
+                             f"(with warmup) for whole epochs; this spec has schedule "
+                             f"{t.schedule!r}" + (f" and steps {t.steps}" if t.steps else ""))
+
+
 def warmup_factor(step: int, warmup: int) -> float:
     """The fraction of the peak rate at optimizer step `step` (0-based): normbench's linear
     warmup, (step + 1) / warmup, then 1."""
@@ -95,10 +105,7 @@ def train(spec: specs.Spec, ds, style: str) -> dict[str, Any]:
                                     **({"foreach": True} if style == "tuned" else {}))
     else:
         raise NormbenchError(f"bench train --peers torch: optimizer {t.optimizer!r} has no peer")
-    if t.schedule != "constant" or t.steps is not None:
-        raise NormbenchError(f"bench train --peers torch: the peer trains a constant learning rate "
-                             f"(with warmup) for whole epochs; this spec has schedule "
-                             f"{t.schedule!r}" + (f" and steps {t.steps}" if t.steps else ""))
+    check_training(t)
     per_epoch = -(-len(ds.y_train) // t.batch_size)
     warmup = round(t.warmup_epochs * per_epoch)  # linear, as normbench's: peak * (step + 1) / warmup
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, warmup))

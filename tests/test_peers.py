@@ -77,3 +77,24 @@ def test_the_peer_warms_up_as_normbench_and_refuses_other_schedules():
     stepped = grid.load(CONFIGS / "bench" / "vgg_sgd.yaml", ["train.schedule=cosine"])
     with pytest.raises(NormbenchError, match="constant learning rate"):
         peers.train(stepped, ds, "eager")
+
+
+def test_bench_train_refuses_a_spec_without_a_peer_before_measuring_anything():
+    from normbench import bench
+
+    said = []
+    for override in ("model.norm.type=instance", "train.optimizer=rmsprop"):
+        with pytest.raises(NormbenchError, match="no PyTorch peer|has no peer"):
+            bench.bench_train(epochs=2, seeds=1, peers=("torch",), overrides=(override,),
+                              log=said.append)
+    assert not [line for line in said if line.startswith("seed")]  # no run was started
+
+
+def test_bench_floor_keeps_normbenchs_side_where_the_peer_has_no_such_norm():
+    from normbench import bench
+
+    found = bench.bench_floor(batch_sizes=(4,), repeats=1, overrides=("model.norm.type=instance",),
+                              log=lambda line: None)
+    row = found["rows"][0]
+    assert "no PyTorch peer" in row["torch_skipped"] and "torch_rows" not in row
+    assert row["kernels_ms"] > 0 and row["step_ms"] > 0
