@@ -28,7 +28,7 @@ ALLOWED = {
     "plot": {"stats", "store", "tables", "errors"},
     "report": {"grid", "spec", "stats", "store", "tables", "plot", "errors"}, "verify": {"layers", "console", "tables", "norms"},
     "peers": {"spec", "errors"},
-    "floor": {"data", "layers", "spec", "train", "peers"},
+    "floor": {"data", "layers", "spec", "train", "peers", "errors"},
     "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data", "peers",
               "stats", "layers", "norms", "floor"},
 }
