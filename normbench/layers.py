@@ -711,6 +711,8 @@ def _translate_config(node, reshaped: set | None = None):
         node["registered_name"] = f"normbench>{node['class_name']}"
     config = node.get("config")
     special = KERAS2_ONLY_ARGUMENTS.get(node.get("class_name"))
+    if str(node.get("registered_name") or "").startswith("normbench>"):
+        special = None  # normbench's own layer, saved with its own (unshifted) axis
     if special and isinstance(config, dict) and config.get(special[0]) is not None:
         # tf.keras 2 inserted a virtual-batch dimension at index 1 when it built the layer and
         # saved that shifted axis, which it cannot load itself: the axis is one lower
