@@ -301,7 +301,7 @@ def _fashion_mnist() -> tuple[dict[str, np.ndarray], dict]:
     return arrays, {"source": source, "license": "MIT (Zalando SE)"}
 
 
-_LOADERS = {"mnist": _mnist, "mnist-10k": _mnist10k, "fashion-mnist": _fashion_mnist}
+LOADERS = {"mnist": _mnist, "mnist-10k": _mnist10k, "fashion-mnist": _fashion_mnist}
 
 
 def load(name: str, *, smoke: bool = False) -> Dataset:
@@ -318,7 +318,7 @@ def load(name: str, *, smoke: bool = False) -> Dataset:
 def _builtin(name: str) -> tuple[dict[str, np.ndarray], dict]:
     used, warning = name, None
     try:
-        arrays, info = _LOADERS[name]()
+        arrays, info = LOADERS[name]()
     except _Unavailable as exc:
         used = "mnist-10k"
         warning = (f"full MNIST is unavailable ({exc}); "

@@ -76,7 +76,7 @@ def measure(spec: specs.Spec, *, repeats: int = 5, peer: bool = False,
     ds = data.load(spec.dataset)
     t = spec.train
     model, _ = train.initial_model(spec, ds.input_shape, ds.num_classes)
-    fit = train._Fit(model, None, t)
+    fit = train.Fit(model, None, t)
     epochs, total, _ = fit.plan(len(ds.y_train))
     fit.attach(train.make_optimizer(t, total, max(1, total // epochs)))
     batch = t.batch_size

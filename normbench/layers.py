@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from normbench.console import quiet_tensorflow
+from normbench.tf_runtime import quiet_tensorflow
 
 tf = quiet_tensorflow()  # first, so TF's C++ start-up lines stay quiet
 import keras  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from normbench.console import quiet_tensorflow
+from normbench.tf_runtime import quiet_tensorflow
 
 quiet_tensorflow()
 import keras  # noqa: E402

@@ -102,7 +102,7 @@ def _signals_held():
 
 
 @dataclass
-class _Driver:
+class Driver:
     """Claims, saves and counts for every executor."""
 
     results_dir: Path
@@ -173,7 +173,7 @@ def run_in_process(todo: list[Planned], results_dir: Path, *, smoke: bool, force
     """Claim and run each planned run here, one after another."""
     from normbench import train  # imports TensorFlow
 
-    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    driver = Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     try:
         for i, item in enumerate(todo):
             lock = driver.claim(item)
@@ -297,7 +297,7 @@ def run_pool(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bool
              trackers: tuple = ()) -> Outcome:
     """Run `todo` in a pool of `jobs` spawned worker processes; at most `jobs` runs are claimed
     at a time, each when it is handed to a worker."""
-    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    driver = Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     ctx = multiprocessing.get_context("spawn")
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                   initargs=(os.getpid(), ctx.Value("i", 0), jobs))
@@ -406,7 +406,7 @@ def run_on_ray(todo: list[Planned], results_dir: Path, *, smoke: bool, force: bo
     ray_preflight()
     import ray
 
-    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    driver = Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     started_here = not ray.is_initialized()
     if started_here and address and address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
@@ -499,7 +499,7 @@ def run_on_slurm(todo: list[Planned], results_dir: Path, *, smoke: bool, force: 
     claimed and queued at once. Jobs return records; this process saves them with the same
     atomic writer as local runs, so an interrupted sweep resumes the same way."""
     executor = slurm_executor(results_dir, options)
-    driver = _Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    driver = Driver(results_dir, force, since, retry_fallback, tuple(trackers))
     pending: dict = {}
     queue = list(reversed(todo))
     done = 0

@@ -11,7 +11,8 @@ import time
 import weakref
 from pathlib import Path
 
-from normbench.console import EpochProgress, quiet_tensorflow  # noqa: E402
+from normbench.console import EpochProgress  # noqa: E402
+from normbench.tf_runtime import quiet_tensorflow  # noqa: E402
 
 tf = quiet_tensorflow()  # before Keras, which imports it with its C++ log lines
 import keras  # noqa: E402
@@ -193,7 +194,7 @@ def _restore(variables, values) -> None:
         v.assign(value)
 
 
-class _Fit:
+class Fit:
     """Trains `model` on (x, y) for `t.epochs` epochs, shuffling with the spec's seed, and keeps
     what it measured: per-epoch loss, accuracy and wall time, and per-call timestamps."""
 
@@ -537,7 +538,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     if t.weight_decay and not t.decay_norm_params:
         norm_vars = {id(v) for layer in model.layers if _is_norm(layer) for v in layer.trainable_variables}
         decayed = [v for v in model.trainable_variables if id(v) not in norm_vars]
-    fit = _Fit(model, None, t, drop_rest=norm.virtual_batch_size is not None, decayed=decayed)
+    fit = Fit(model, None, t, drop_rest=norm.virtual_batch_size is not None, decayed=decayed)
     epochs, total_steps, dropped = fit.plan(n_train)
     per_epoch = math.ceil(total_steps / epochs)
     optimizer = make_optimizer(t, total_steps, per_epoch)

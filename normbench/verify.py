@@ -317,7 +317,7 @@ def mixed_precision(policy: str, instance: bool = False, magnitude: float = 1e5)
 
 def run_all(quick: bool = False) -> list[Result]:
     """Every check available on this stack (tfa only where it imports and runs)."""
-    from normbench.console import quiet_tensorflow
+    from normbench.tf_runtime import quiet_tensorflow
     from normbench.norms import tfa_status
 
     quiet_tensorflow()

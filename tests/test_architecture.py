@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,26 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "normbench"
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 
-# module -> the normbench modules it may import (docs/architecture.md, "Modules")
-ALLOWED = {
-    "errors": set(), "stats": set(), "norms": {"errors", "layers"},
-    "spec": {"norms", "errors"}, "grid": {"spec", "errors"}, "store": {"errors"},
-    "tables": {"store", "stats", "norms", "errors"}, "console": {"tables"},
-    "data": {"errors"}, "layers": {"console"}, "models": {"spec", "console", "errors"},
-    "train": {"data", "layers", "models", "norms", "spec", "store", "console", "errors"},
-    "sweep": {"spec", "store", "tables", "train", "provenance", "errors"},
-    "provenance": set(),
-    "api": {"console", "grid", "spec", "store", "sweep", "tables", "track", "errors"},
-    "track": {"store", "tables", "errors"},
-    "gates": {"store", "errors"},
-    "plot": {"stats", "store", "tables", "errors"},
-    "report": {"grid", "spec", "stats", "store", "tables", "plot", "errors"}, "verify": {"layers", "console", "tables", "norms"},
-    "peers": {"spec", "errors"},
-    "floor": {"data", "layers", "spec", "train", "peers", "errors"},
-    "bench": {"grid", "spec", "store", "sweep", "train", "console", "tables", "errors", "data", "peers",
-              "stats", "layers", "norms", "floor"},
-}
-TF_MODULES = {"layers", "models", "train"}  # import TensorFlow at module level
+
+
+def _table() -> tuple[dict[str, set[str]], set[str]]:
+    """docs/architecture.md's module table: module -> the normbench modules its row allows, and
+    the modules marked **TF**. "every module above" allows every row above it."""
+    allowed, tf_modules, above = {}, set(), []
+    for row in re.finditer(r"^\| `(\w+)\.py`( \*\*TF\*\*)? \| .* \| (.*) \|$", DOC, re.M):
+        name, tf, cell = row.groups()
+        allowed[name] = set(above) if "every module above" in cell else set(
+            re.findall(r"`(\w+)`", cell))
+        if tf:
+            tf_modules.add(name)
+        above.append(name)
+    return allowed, tf_modules
+
+
+ALLOWED, TF_MODULES = _table()
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+
+
+def test_the_page_has_a_row_for_every_module_and_no_other():
+    assert sorted(ALLOWED) == MODULES
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
@@ -68,14 +71,65 @@ def test_tensorflow_only_where_models_are_built_or_trained(module):
         assert not top & {"tensorflow", "keras", "tensorflow_addons"}, module
 
 
-def test_every_module_is_in_the_architecture_page():
-    for path in PACKAGE.glob("*.py"):
-        if path.stem not in ("__init__", "__main__"):
-            assert f"`{path.stem}.py`" in DOC, f"docs/architecture.md does not describe {path.name}"
-
-
 def test_no_module_reads_another_modules_private_names():
+    names = "|".join([*MODULES, "specs", "sweeps", "nb"])  # and the aliases modules import under
     for path in PACKAGE.glob("*.py"):
-        text = path.read_text()
-        used = re.findall(r"\b(?:store|tables|spec|specs|grid|sweep|console|norms|data|train)\.(_[a-z]\w*)", text)
-        assert not used, f"{path.name} reads private names {used}"
+        used = re.findall(rf"\b(?:{names})\.(_[A-Za-z]\w*)", path.read_text())
+        assert not [u for u in used if not u.startswith("__")], f"{path.name} reads private names {used}"
+
+
+def _module_level_graph() -> dict[str, set[str]]:
+    graph = {}
+    for module in MODULES:
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+        found = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module == "normbench":
+                found |= {a.name for a in node.names} & set(MODULES)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normbench."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("normbench.")}
+        graph[module] = found - {module}
+    return graph
+
+
+def test_no_import_cycle_at_module_level():
+    graph, state = _module_level_graph(), {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in graph.get(node, ()):
+            assert state.get(nxt) != "open", f"import cycle: {' -> '.join([*path, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for module in MODULES:
+        if module not in state:
+            visit(module, [module])
+
+
+_LOADED = ("import sys, json, {what}; print(json.dumps(sorted(m.split('.')[0] if not "
+           "m.startswith('normbench') else m for m in sys.modules)))")
+
+
+def _loaded(what: str) -> set[str]:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LOADED.format(what=what)], capture_output=True,
+                         text=True, timeout=120, check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3",
+                                                                  "PATH": "/usr/bin:/bin"})
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_the_layers_loads_only_them_and_what_keras_loads():
+    layers, keras = _loaded("normbench.layers"), _loaded("keras")
+    ours = {m for m in layers if m.startswith("normbench")}
+    assert ours <= {"normbench", "normbench.errors", "normbench.tf_runtime", "normbench.layers"} | {
+        m for m in ours if m.startswith("normbench.layers.")}
+    third_party = {m for m in layers - keras if not m.startswith("normbench")}
+    assert third_party <= set(sys.stdlib_module_names) | {"h5py"}, sorted(third_party - set(
+        sys.stdlib_module_names))

@@ -20,7 +20,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_registry_matches_spec():
-    assert tuple(data._LOADERS) == specs.DATASETS
+    assert tuple(data.LOADERS) == specs.DATASETS
 
 
 def test_mnist10k_loads_with_checksums_and_stratified_split():

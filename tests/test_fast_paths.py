@@ -65,7 +65,7 @@ def test_training_never_computes_the_softmax():
 
     spec = grid.load(_config(), ["dataset=mnist-10k"])
     model, _ = train.initial_model(spec)
-    fit = train._Fit(model, None, spec.train)
+    fit = train.Fit(model, None, spec.train)
     fit.attach(train.make_optimizer(spec.train, 10, 10))
     x = tf.zeros([64, 28, 28, 1])
     y = tf.zeros([64], tf.int32)

@@ -183,7 +183,7 @@ def test_optimizer_and_plan_follow_the_spec(tmp_path):
     assert optimizer.momentum == pytest.approx(0.9) and optimizer.nesterov
     rate = optimizer.learning_rate
     assert isinstance(optimizer._learning_rate, train.LearningRate) if KERAS_3 else True
-    fit = train._Fit(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), None, spec.train)
+    fit = train.Fit(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), None, spec.train)
     assert fit.plan(8000) == (3, 300, 0)  # 125 steps an epoch: 3 epochs, the last cut short
     sqrt = _spec(tmp_path, "train: {lr_scaling: sqrt, batch_size: 128}\n")
     assert sqrt.train.effective_learning_rate == pytest.approx(0.001 * 2)

@@ -316,14 +316,14 @@ def test_ray_claims_a_run_only_when_it_is_handed_out(tmp_path, monkeypatch):
         runs = [specs.for_smoke(s) for s in grid.load_runs(write(tmp_path))][:2]
         todo = sweep.plan(runs, True, tmp_path)
         window = []
-        real_claim_method = sweep._Driver.claim
+        real_claim_method = sweep.Driver.claim
 
         def claim(self, item):
             lock = real_claim_method(self, item)
             window.append(len([o for o in self.outcome.ran]))
             return lock
 
-        monkeypatch.setattr(sweep._Driver, "claim", claim)
+        monkeypatch.setattr(sweep.Driver, "claim", claim)
         outcome = sweep.run_on_ray(todo, tmp_path, smoke=True, force=False, since=sweep.now())
         assert len(outcome.ran) == 2
         assert window == [0, 1]  # the second run was claimed after the first was saved
