@@ -112,9 +112,10 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
     todo = [p for p in planned if force or not p.done]
     store.prepare(results_dir)
     trackers = make_trackers(results_dir, mlflow, tensorboard)
-    outcome = execute(todo, results_dir, smoke=smoke, force=force, since=sweeps.now(),
-                      quiet=quiet, jobs=jobs, executor=executor, address=None,
-                      retry_fallback=False, describe=specs.summary, trackers=trackers)
+    with sweeps.sigterm_stops():  # as `normbench run`: finished runs kept, nothing half-written
+        outcome = execute(todo, results_dir, smoke=smoke, force=force, since=sweeps.now(),
+                          quiet=quiet, jobs=jobs, executor=executor, address=None,
+                          retry_fallback=False, describe=specs.summary, trackers=trackers)
     if todo:
         tables.write_summaries(results_dir)
     if outcome.interrupted:

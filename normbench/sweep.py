@@ -87,6 +87,22 @@ def stop_on_sigterm() -> None:
 
 
 @contextlib.contextmanager
+def sigterm_stops():
+    """Within the block, SIGTERM stops a sweep as Ctrl-C does; the previous handler comes back
+    after. Only on the main thread: `signal.signal` raises elsewhere (a web app's or a worker
+    thread's call to normbench.run), where the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def _signals_held():
     """Hold SIGINT and SIGTERM back for the duration (main thread, POSIX); they are delivered
     when the block ends."""

@@ -137,3 +137,36 @@ def test_records_carry_provenance(tmp_path):
     assert any(line.startswith("tensorflow") for line in p.packages) and len(p.packages_sha256) == 64
     (from_dict,) = normbench.run({**SPEC, "name": "nofile"}, results=tmp_path / "r", smoke=True)
     assert from_dict.provenance.spec_file is None and from_dict.provenance.git_commit is None
+
+
+def test_run_stops_on_sigterm_only_while_it_runs_and_restores_the_handler(tmp_path, monkeypatch):
+    import signal
+
+    from normbench import sweep
+
+    seen = []
+    real = sweep.stop_on_sigterm
+    monkeypatch.setattr(sweep, "stop_on_sigterm",
+                        lambda: (real(), seen.append(signal.getsignal(signal.SIGTERM))))
+    before = signal.getsignal(signal.SIGTERM)
+    normbench.run({**SPEC, "name": "sigterm"}, results=tmp_path, smoke=True)
+    assert len(seen) == 1 and seen[0] is not before  # installed for the sweep ...
+    assert signal.getsignal(signal.SIGTERM) is before  # ... and the caller's handler is back
+
+
+def test_run_from_a_worker_thread_leaves_signals_alone(tmp_path):
+    import threading
+
+    found = {}
+
+    def call():
+        try:
+            found["records"] = normbench.run({**SPEC, "name": "thread"}, results=tmp_path, smoke=True)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            found["error"] = exc
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    worker.join(timeout=300)
+    assert not worker.is_alive() and "error" not in found, found.get("error")
+    assert len(found["records"]) == 1
