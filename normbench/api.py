@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from normbench import console, grid, store, sweep as sweeps, tables
+from normbench import console, executors, grid, store, tables
 from normbench.errors import NormbenchError
 from normbench.spec import Spec
-
-EXECUTORS = ("local", "ray", "slurm")
-
 
 def grids_of(spec: str | os.PathLike | Mapping | Spec, overrides: Mapping[str, Any] | None = None,
              sweep: Mapping[str, list] | None = None) -> list[grid.Grid]:
@@ -39,53 +37,122 @@ def grids_of(spec: str | os.PathLike | Mapping | Spec, overrides: Mapping[str, A
     raise NormbenchError(f"spec: expected a path, a dict or a normbench Spec, got {type(spec).__name__}")
 
 
-def execute(todo: list[sweeps.Planned], results_dir: Path, *, smoke: bool, force: bool, since: str,
-            quiet: bool, jobs: int, executor: str, address: str | None,
+def execute(todo: list[executors.Planned], results_dir: Path, *, smoke: bool, force: bool,
+            since: str, quiet: bool, jobs: int, executor: str, address: str | None,
             retry_fallback: bool, describe: Callable[[Any], str],
-            trackers: tuple = (), slurm: Any = None) -> sweeps.Outcome:
-    """Run the planned runs in this process, a pool of local workers, on Ray or as Slurm jobs
-    (`slurm`: a SlurmSpec, by default the first run's `slurm:` block), with progress unless
-    `quiet`."""
+            trackers: tuple = (), slurm: Any = None) -> executors.Outcome:
+    """Run the planned runs on the engine named `executor` (executors.ENGINES: in this process or
+    a pool of local workers, on Ray, as Slurm jobs with `slurm`, a SlurmSpec, by default the
+    first run's `slurm:` block), with progress unless `quiet`."""
     if not todo:
-        return sweeps.Outcome()
-    if executor not in EXECUTORS:
-        raise NormbenchError(f"executor {executor!r}: choose local, ray or slurm")
-    common = dict(smoke=smoke, force=force, since=since, retry_fallback=retry_fallback,
-                  trackers=tuple(trackers))
-    if executor == "ray":
-        sweeps.ray_preflight()
-    elif executor == "slurm":
-        sweeps.slurm_executor(results_dir, slurm or todo[0].spec.slurm)  # fails fast, before claims
-    else:
-        jobs, why = sweeps.worker_count(jobs, len(todo))
+        return executors.Outcome()
+    if executor == "local":
+        jobs, why = executors.worker_count(jobs, len(todo))
         if why and not quiet:
             console.note(f"starting {jobs} worker(s): {why}")
-    if executor == "local" and jobs == 1:
-        def announce(i: int, item) -> None:
-            if not quiet:
-                console.note(f"run {i + 1}/{len(todo)} {describe(item.spec)}"
-                             + (" (smoke)" if smoke else ""))
+    index = {item.run_id: i for i, item in enumerate(todo)}
 
-        return sweeps.run_in_process(todo, results_dir, quiet=quiet, announce=announce, **common)
-    title = f"sweep (local, {jobs} workers)" if executor == "local" else f"sweep ({executor})"
-    bar, task = console.sweep_progress(len(todo), title, disable=quiet)
+    def announce(item) -> None:
+        if not quiet:
+            console.note(f"run {index[item.run_id] + 1}/{len(todo)} {describe(item.spec)}"
+                         + (" (smoke)" if smoke else ""))
+
+    engine = executors.engine(executor, executors.Options(
+        results_dir, smoke, quiet=quiet, jobs=jobs, address=address,
+        slurm=slurm or todo[0].spec.slurm, announce=announce))  # its checks: before any claim
+    driver = executors.Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    if not engine.title:
+        return driver.drive(engine, todo)
+    bar, task = console.sweep_progress(len(todo), engine.title.format(jobs=jobs), disable=quiet)
     with bar:
         def progress(done: int, running: list[str]) -> None:
             bar.update(task, completed=done, running="; ".join(sorted(running))[:60])
 
-        if executor == "ray":
-            return sweeps.run_on_ray(todo, results_dir, address=address, progress=progress, **common)
-        if executor == "slurm":
-            return sweeps.run_on_slurm(todo, results_dir, options=slurm or todo[0].spec.slurm,
-                                       progress=progress, **common)
-        return sweeps.run_pool(todo, results_dir, jobs=jobs, progress=progress, **common)
+        return driver.drive(engine, todo, progress)
+
+
+@dataclass
+class Plan:
+    """What an invocation of `normbench run` or `normbench.run` has to do."""
+
+    planned: list[executors.Planned]  # every distinct run, in grid order
+    todo: list[executors.Planned]  # those to train now
+    results_dir: Path
+    smoke: bool
+    force: bool
+    retry_fallback: bool
+
+    @property
+    def finished(self) -> int:
+        return len(self.planned) - len(self.todo)
+
+    @property
+    def fell_back(self) -> int:
+        """Finished runs that trained on fallback data (mnist-10k for an offline mnist)."""
+        return sum(p.fallback and p.done for p in self.planned)
+
+
+def plan_runs(grids: list[grid.Grid], results_dir: Path, *, smoke: bool = False,
+              sets: Iterable[str] = (), force: bool = False, retry_fallback: bool = False,
+              from_files: bool = True) -> Plan:
+    """Every run of `grids` (with `--smoke`'s shrinking, explicit `sets` kept), its run id and
+    whether it is to run now. The first half of the one pipeline of `run`."""
+    loaded = [s for g in grids for s in g.runs]
+    hashes = None if smoke else [h for g in grids for h in g.hashes]
+    if smoke:
+        loaded = grid.smoke(loaded, list(sets))
+    planned = executors.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback,
+                             hashes=hashes, spec_files=[str(g.path) if from_files else None
+                                                        for g in grids for _ in g.runs])
+    todo = [p for p in planned if force or not p.done]
+    return Plan(planned, todo, results_dir, smoke, force, retry_fallback)
+
+
+@dataclass
+class Done:
+    outcome: executors.Outcome
+    summaries: bool  # summary.md and summary.csv were rebuilt
+
+
+def run_plan(plan: Plan, *, quiet: bool, jobs: int = 1, executor: str = "local",
+             address: str | None = None, trackers: tuple = (),
+             slurm_overrides: Mapping[str, Any] | None = None,
+             describe: Callable[[Any], str] | None = None) -> Done:
+    """Train what `plan` has to do and rebuild the summaries: the second half of the pipeline
+    `normbench run` and `normbench.run` share. SIGTERM stops it as Ctrl-C does while it runs
+    (on the main thread; the caller's handler comes back after)."""
+    from normbench import spec as specs
+
+    slurm = None
+    if executor == "slurm" and plan.todo:
+        try:
+            slurm = plan.todo[0].spec.slurm.model_copy(update=dict(slurm_overrides or {}))
+            slurm = type(slurm).model_validate(slurm.model_dump())
+        except ValueError as exc:
+            raise NormbenchError(f"--slurm-*: {exc}") from None
+    store.prepare(plan.results_dir)
+    if plan.finished and not quiet:
+        console.note(f"skipping {plan.finished} finished run(s) (--force runs them again)")
+    if plan.fell_back and not quiet:
+        console.note(f"{plan.fell_back} finished run(s) trained on fallback data (mnist-10k for "
+                     "an offline mnist); --retry-fallback trains them again once the data is there")
+    with executors.sigterm_stops():  # finished runs kept, nothing half-written
+        outcome = execute(plan.todo, plan.results_dir, smoke=plan.smoke, force=plan.force,
+                          since=executors.now(), quiet=quiet, jobs=jobs, executor=executor,
+                          address=address, retry_fallback=plan.retry_fallback,
+                          describe=describe or specs.summary, trackers=trackers, slurm=slurm)
+    summaries = bool(plan.todo) and not (outcome.interrupted and not outcome.ran)
+    if summaries:
+        tables.write_summaries(plan.results_dir)
+    return Done(outcome, summaries)
 
 
 def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any] | None = None,
         sweep: Mapping[str, list] | None = None, results: str | os.PathLike = "results",
         smoke: bool = False, jobs: int = 1, executor: str = "local", quiet: bool = True,
         force: bool = False, mlflow: bool = False,
-        tensorboard: str | os.PathLike | None = None) -> list[store.RunRecord]:
+        tensorboard: str | os.PathLike | None = None,
+        retry_fallback: bool = False) -> list[store.RunRecord]:
     """Train every run a spec describes (its sweep x seeds) that is not finished yet, and return
     the records of all of them, in grid order.
 
@@ -93,36 +160,25 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
     values ({"train.epochs": 3}); `sweep` adds or replaces sweep axes ({"train.batch_size": [8,
     32]}). Records are written under `results` exactly as `normbench run` writes them, so an
     interrupted call completes when called again. `executor` is local, ray or slurm (the spec's
-    `slurm:` block); `mlflow=True` and `tensorboard=DIR` log each finished run from this process.
+    `slurm:` block); `mlflow=True` and `tensorboard=DIR` log each finished run from this process;
+    `retry_fallback=True` trains again the runs that trained on fallback data.
     Raises `NormbenchError` on bad input or when a run fails (the others are kept)."""
-    from normbench import spec as specs
-
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
         raise NormbenchError(f"jobs: expected 1..64, got {jobs!r}")
+    if executor not in executors.ENGINES:
+        raise NormbenchError(f"executor {executor!r}: choose {', '.join(executors.ENGINES)}")
     results_dir = Path(results)
-    grids = grids_of(spec, overrides, sweep)
-    loaded = [s for g in grids for s in g.runs]
-    hashes = None if smoke else [h for g in grids for h in g.hashes]
-    if smoke:
-        loaded = grid.smoke(loaded, [f"{k}=" for k in (overrides or {})])
-    from_file = isinstance(spec, (str, os.PathLike))
-    planned = sweeps.plan(loaded, smoke, results_dir, hashes=hashes,
-                          spec_files=[str(g.path) if from_file else None
-                                      for g in grids for _ in g.runs])
-    todo = [p for p in planned if force or not p.done]
-    store.prepare(results_dir)
+    plan = plan_runs(grids_of(spec, overrides, sweep), results_dir, smoke=smoke,
+                     sets=[f"{k}=" for k in (overrides or {})], force=force,
+                     retry_fallback=retry_fallback, from_files=isinstance(spec, (str, os.PathLike)))
     trackers = make_trackers(results_dir, mlflow, tensorboard)
-    with sweeps.sigterm_stops():  # as `normbench run`: finished runs kept, nothing half-written
-        outcome = execute(todo, results_dir, smoke=smoke, force=force, since=sweeps.now(),
-                          quiet=quiet, jobs=jobs, executor=executor, address=None,
-                          retry_fallback=False, describe=specs.summary, trackers=trackers)
-    if todo:
-        tables.write_summaries(results_dir)
+    outcome = run_plan(plan, quiet=quiet, jobs=jobs, executor=executor,
+                       trackers=trackers).outcome
     if outcome.interrupted:
         raise KeyboardInterrupt
     if outcome.failed:
         raise NormbenchError("; ".join(f"{rid}: {why}" for rid, why in outcome.failed))
-    found = [store.finished(results_dir, p.run_id) for p in planned]
+    found = [store.finished(results_dir, p.run_id) for p in plan.planned]
     return [r for r in found if r is not None]
 
 

@@ -590,7 +590,7 @@ def bench_workers(*, runs: int = 8, batch_size: int = 4, reps: int = 1, jobs: in
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """The same sweep (GN tutorial model, mnist-10k, 1 epoch, seeds 0..runs-1) from an empty
     results directory with 1 worker and with `jobs`, order alternating between repetitions."""
-    from normbench import sweep
+    from normbench import executors
 
     base = grid.load(CONFIGS / "groupnorm.yaml", ["dataset=mnist-10k", f"train.batch_size={batch_size}"])
     planned = [base.model_copy(update={"train": base.train.model_copy(update={"seed": s})})
@@ -599,10 +599,10 @@ def bench_workers(*, runs: int = 8, batch_size: int = 4, reps: int = 1, jobs: in
     for rep in range(reps):
         for n in ((1, jobs) if rep % 2 == 0 else (jobs, 1)):
             with tempfile.TemporaryDirectory() as tmp:
-                todo = sweep.plan(planned, False, Path(tmp))
+                todo = executors.plan(planned, False, Path(tmp))
                 start = time.perf_counter()
-                outcome = sweep.run_pool(todo, Path(tmp), smoke=False, force=False,
-                                            since=sweep.now(), jobs=n)
+                pool = executors.LocalPool(executors.Options(Path(tmp), smoke=False, jobs=n))
+                outcome = executors.Driver(Path(tmp), False, executors.now(), False).drive(pool, todo)
                 seconds = time.perf_counter() - start
             if len(outcome.ran) != runs or outcome.failed:
                 raise NormbenchError(f"bench workers: a run failed: {outcome.failed}")

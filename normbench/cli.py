@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 import normbench
-from normbench import api, console, grid, norms, store, sweep, tables
+from normbench import api, console, executors, grid, norms, store, tables
 from normbench.console import say
 from normbench.errors import NormbenchError
 
@@ -95,10 +95,8 @@ TABLE_RUNS = ("run_id", "status", "dataset", "smoke", "norm", "impl_used", "epoc
               "diverged_reason", "model")
 
 
-class Executor(str, Enum):
-    local = "local"
-    ray = "ray"
-    slurm = "slurm"
+# --executor's choices: the engines registered in normbench.executors, in their order.
+Executor = Enum("Executor", {name: name for name in executors.ENGINES}, type=str)
 
 
 def _load_all(spec_files: List[Path], sets: List[str], sweeps: List[str]) -> list[grid.Grid]:
@@ -165,58 +163,34 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
         raise NormbenchError("--slurm-* options apply to --executor slurm")
     if save_model:
         sets = [*sets, "train.save_model=true"]
-    grids = _load_all(spec_files, sets, sweeps)
-    loaded = [spec for g in grids for spec in g.runs]
-    hashes = None if smoke else [h for g in grids for h in g.hashes]
-    if smoke:
-        loaded = grid.smoke(loaded, sets)
-    planned = sweep.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback, hashes=hashes,
-                         spec_files=[str(g.path) for g in grids for _ in g.runs])
-    todo = [p for p in planned if force or not p.done]
-    fell_back = sum(p.fallback and p.done for p in planned)
+    plan = api.plan_runs(_load_all(spec_files, sets, sweeps), results_dir, smoke=smoke, sets=sets,
+                         force=force, retry_fallback=retry_fallback)
     if dry_run:
         rows = [{"run_id": p.run_id, "state": ("finished" if p.done else "to run")
                  + (" (fallback data)" if p.fallback else ""), "what": _summary(p.spec)}
-                for p in planned]
-        title = f"{len(planned)} run(s): {len(todo)} to run, {len(planned) - len(todo)} finished"
+                for p in plan.planned]
+        title = f"{len(plan.planned)} run(s): {len(plan.todo)} to run, {plan.finished} finished"
         if len(rows) <= console.MAX_TABLE_ROWS:
             console.show(rows, ("run_id", "state", "what"), title)
         else:  # a table of 10,000 rows takes rich seconds to lay out: one line per run
             console.lines(title, [f"{r['run_id']}  {r['state']}  {r['what']}" for r in rows])
         return
     trackers = api.make_trackers(results_dir, mlflow, tensorboard)
-    slurm = None
-    if executor is Executor.slurm and todo:
-        try:
-            slurm = todo[0].spec.slurm.model_copy(update=slurm_options)
-            slurm = type(slurm).model_validate(slurm.model_dump())
-        except ValueError as exc:
-            raise NormbenchError(f"--slurm-*: {exc}") from None
-    store.prepare(results_dir)
-    sweep.stop_on_sigterm()
-    since = sweep.now()
-    if len(planned) > len(todo) and not quiet:
-        console.note(f"skipping {len(planned) - len(todo)} finished run(s) (--force runs them again)")
-    if fell_back and not quiet:
-        console.note(f"{fell_back} finished run(s) trained on fallback data (mnist-10k for an "
-                     "offline mnist); --retry-fallback trains them again once the data is there")
-    outcome = api.execute(todo, results_dir, smoke=smoke, force=force, since=since, quiet=quiet,
-                          jobs=jobs, executor=executor.value, address=address,
-                          retry_fallback=retry_fallback, describe=_summary, trackers=trackers,
-                          slurm=slurm)
+    done = api.run_plan(plan, quiet=quiet, jobs=jobs, executor=executor.value, address=address,
+                        trackers=trackers, slurm_overrides=slurm_options, describe=_summary)
+    outcome = done.outcome
     for tracker in trackers:
         console.note(tracker.how_to_open())
     for rid, why in outcome.tracking_errors:
         console.note(f"tracking {rid} failed (the run is saved): {why}")
     if outcome.ran:
         console.show(tables.group_rows(outcome.ran), TABLE_GROUP, "This invocation")
-    if todo and not (outcome.interrupted and not outcome.ran):
-        tables.write_summaries(results_dir)
+    if done.summaries:
         say(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
     diverged = sum(r.status == "diverged" for r in outcome.ran)
-    already = len(planned) - len(todo) + outcome.skipped
-    console.note(f"{len(outcome.ran)} run(s) done ({diverged} diverged), {already} already "
-                 f"finished, {len(outcome.busy)} running elsewhere, {len(outcome.failed)} failed"
+    console.note(f"{len(outcome.ran)} run(s) done ({diverged} diverged), "
+                 f"{plan.finished + outcome.skipped} already finished, {len(outcome.busy)} "
+                 f"running elsewhere, {len(outcome.failed)} failed"
                  + (f", {outcome.not_started} not run (interrupted)" if outcome.interrupted else ""))
     for rid, why in outcome.failed:
         console.note(f"failed {rid}: {why}")

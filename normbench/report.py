@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import json
 import platform
 import subprocess
 from dataclasses import dataclass, field

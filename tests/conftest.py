@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 (TF >= 2.15 prints
+# "oneDNN custom operations are on"); without them a channels_first Conv2D cannot run on CPU at
+# all (the tfa-era functional model of test_legacy_models). On, everywhere: the suite sees the same
+# kernels on every machine CI lands on (an AMD EPYC without AVX-512 had them off).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from normbench.store import RunRecord
 

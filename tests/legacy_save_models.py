@@ -5,11 +5,17 @@ Usage: python legacy_save_models.py OUT_DIR. Writes seq.{h5,keras}, fn.{h5,keras
 <model>_y.npy (the predictions to reproduce), and <model>_gamma.npy (trained, not all ones).
 """
 
+import os
 import sys
 
-import numpy as np
-import tensorflow as tf
-import tensorflow_addons as tfa
+# The channels_first Conv2D below trains only through oneDNN's kernels on CPU (TF's own gradient
+# kernel is NHWC-only), and TF 2.15 turns oneDNN on by default on recent Intel CPUs alone: on an
+# AMD EPYC it was off and fit() failed.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_addons as tfa  # noqa: E402
 
 out = sys.argv[1]
 tf.keras.utils.set_random_seed(0)

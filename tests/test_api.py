@@ -142,11 +142,11 @@ def test_records_carry_provenance(tmp_path):
 def test_run_stops_on_sigterm_only_while_it_runs_and_restores_the_handler(tmp_path, monkeypatch):
     import signal
 
-    from normbench import sweep
+    from normbench.executors import signals
 
     seen = []
-    real = sweep.stop_on_sigterm
-    monkeypatch.setattr(sweep, "stop_on_sigterm",
+    real = signals.stop_on_sigterm
+    monkeypatch.setattr(signals, "stop_on_sigterm",
                         lambda: (real(), seen.append(signal.getsignal(signal.SIGTERM))))
     before = signal.getsignal(signal.SIGTERM)
     normbench.run({**SPEC, "name": "sigterm"}, results=tmp_path, smoke=True)

@@ -15,15 +15,15 @@ PACKAGE = ROOT / "normbench"
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 
 
-
 def _table() -> tuple[dict[str, set[str]], set[str]]:
-    """docs/architecture.md's module table: module -> the normbench modules its row allows, and
-    the modules marked **TF**. "every module above" allows every row above it."""
+    """docs/architecture.md's module table: unit (a module `x.py` or a package `x/`) -> the
+    normbench units its row allows, and the units marked **TF**. "every module above" allows
+    every row above it."""
     allowed, tf_modules, above = {}, set(), []
-    for row in re.finditer(r"^\| `(\w+)\.py`( \*\*TF\*\*)? \| .* \| (.*) \|$", DOC, re.M):
+    for row in re.finditer(r"^\| `(\w+)(?:\.py|/)`( \*\*TF\*\*)? \| .* \| (.*) \|$", DOC, re.M):
         name, tf, cell = row.groups()
         allowed[name] = set(above) if "every module above" in cell else set(
-            re.findall(r"`(\w+)`", cell))
+            re.findall(r"`(\w+)/?`", cell))
         if tf:
             tf_modules.add(name)
         above.append(name)
@@ -31,7 +31,19 @@ def _table() -> tuple[dict[str, set[str]], set[str]]:
 
 
 ALLOWED, TF_MODULES = _table()
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+PACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py") if p.parent.name != "configs")
+MODULES = sorted([p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+                 + PACKAGES)
+
+
+def _files(unit: str) -> list[Path]:
+    """The source files of a unit: a module's one file, or every file of a package."""
+    return sorted((PACKAGE / unit).rglob("*.py")) if unit in PACKAGES else [PACKAGE / f"{unit}.py"]
+
+
+def _unit(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
 def test_the_page_has_a_row_for_every_module_and_no_other():
@@ -39,7 +51,7 @@ def test_the_page_has_a_row_for_every_module_and_no_other():
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """(normbench modules imported anywhere, third-party top-level modules imported at module level)."""
+    """(normbench units imported anywhere, third-party top-level modules imported at module level)."""
     tree = ast.parse(path.read_text())
     ours, top = set(), set()
     for node in ast.walk(tree):
@@ -60,37 +72,60 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("module", sorted(ALLOWED))
 def test_imports_go_one_way(module):
-    ours, _ = _imports(PACKAGE / f"{module}.py")
+    ours = set().union(*(_imports(path)[0] for path in _files(module)))
     assert ours - {module} <= ALLOWED[module], f"{module} imports {sorted(ours - ALLOWED[module] - {module})}"
 
 
-@pytest.mark.parametrize("module", sorted(p.stem for p in PACKAGE.glob("*.py")))
-def test_tensorflow_only_where_models_are_built_or_trained(module):
-    _, top = _imports(PACKAGE / f"{module}.py")
-    if module not in TF_MODULES:
-        assert not top & {"tensorflow", "keras", "tensorflow_addons"}, module
+ALL_FILES = sorted(p for unit in MODULES for p in _files(unit))
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_tensorflow_only_where_models_are_built_or_trained(path):
+    _, top = _imports(path)
+    if _unit(path) not in TF_MODULES:
+        assert not top & {"tensorflow", "keras", "tensorflow_addons"}, path.name
 
 
 def test_no_module_reads_another_modules_private_names():
-    names = "|".join([*MODULES, "specs", "sweeps", "nb"])  # and the aliases modules import under
-    for path in PACKAGE.glob("*.py"):
-        used = re.findall(rf"\b(?:{names})\.(_[A-Za-z]\w*)", path.read_text())
-        assert not [u for u in used if not u.startswith("__")], f"{path.name} reads private names {used}"
+    """`x._name` where x is another unit (or a file of another package), under any alias."""
+    files = {p.stem for p in ALL_FILES}
+    names = "|".join(sorted({*MODULES, *files, "specs", "sweeps", "nb", "package"}))
+    for path in ALL_FILES:
+        used = re.findall(rf"\b({names})\.(_[A-Za-z]\w*)", path.read_text())
+        crossing = [f"{owner}.{name}" for owner, name in used if not name.startswith("__")
+                    and owner not in (path.stem, _unit(path))]
+        assert not crossing, f"{path.relative_to(PACKAGE)} reads private names {crossing}"
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Dotted normbench modules `path` imports at module level (`normbench.layers.base`)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "normbench":
+            found |= {f"normbench.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normbench."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("normbench.")}
+    return found
+
+
+def _dotted(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(("normbench", *parts))
 
 
 def _module_level_graph() -> dict[str, set[str]]:
+    """Every file of normbench, as its dotted name, -> what it imports at module level. Importing
+    `normbench.a.b` runs `normbench.a` first: a package's __init__ is an edge of its children."""
     graph = {}
-    for module in MODULES:
-        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-        found = set()
-        for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.module == "normbench":
-                found |= {a.name for a in node.names} & set(MODULES)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normbench."):
-                found.add(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("normbench.")}
-        graph[module] = found - {module}
+    for path in ALL_FILES:
+        name, edges = _dotted(path), set()
+        for target in _module_level_imports(path):
+            parts = target.split(".")
+            edges |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+        graph[name] = {e for e in edges if e != name and not name.startswith(e + ".")}
     return graph
 
 
@@ -105,7 +140,7 @@ def test_no_import_cycle_at_module_level():
                 visit(nxt, [*path, nxt])
         state[node] = "done"
 
-    for module in MODULES:
+    for module in sorted(graph):
         if module not in state:
             visit(module, [module])
 

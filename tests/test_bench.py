@@ -68,10 +68,10 @@ def test_bench_cli_command_writes_json_and_never_imports_tensorflow(tmp_path):
 def test_scale_records_are_the_sweeps_own_finished_runs(tmp_path):
     """The fake records of the scale bench are exactly the scale sweep's runs: a dry run finds
     them all finished (else the bench would time planning, not resuming)."""
-    from normbench import grid, sweep
+    from normbench import executors, grid
 
     spec_file = bench._fake_records(tmp_path, 200)
-    planned = sweep.plan(grid.load_runs(spec_file), False, tmp_path)
+    planned = executors.plan(grid.load_runs(spec_file), False, tmp_path)
     assert len(planned) == 200 and all(p.done for p in planned)
     assert bench.bookkeeping(tmp_path, spec_file, runs=5) > 0
     assert len(list((tmp_path / "runs").glob("scale-*"))) == 205

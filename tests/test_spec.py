@@ -234,10 +234,10 @@ def test_a_new_field_at_its_default_keeps_every_run_id(tmp_path):
 
 
 def test_a_results_directory_from_before_a_new_field_resumes_with_nothing_to_do(tmp_path):
-    from normbench import bench, sweep
+    from normbench import bench, executors
 
     spec_file = bench._fake_records(tmp_path, 100)  # finished runs, written by "this" version
     NewSpec = _newer_schema()
     newer = [NewSpec.model_validate(specs.to_dict(s)) for s in grid.load_runs(spec_file)]
-    planned = sweep.plan(newer, False, tmp_path)
+    planned = executors.plan(newer, False, tmp_path)
     assert len(planned) == 100 and sum(not p.done for p in planned) == 0

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import CliRunner
 
-from normbench import grid, spec as specs, store, sweep
+from normbench import executors, grid, spec as specs, store
+from normbench.executors import local, ray_engine
 from normbench.cli import app
 from normbench.errors import NormbenchError
 
@@ -134,11 +135,12 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "run_one", flaky)
     runs = [specs.for_smoke(s) for s in grid.load_runs(write(tmp_path))]
-    todo = sweep.plan(runs, True, tmp_path)
-    outcome = sweep.run_in_process(todo, tmp_path, smoke=True, force=False, since=sweep.now(), quiet=True)
+    todo = executors.plan(runs, True, tmp_path)
+    outcome = executors.run(todo, tmp_path, smoke=True, quiet=True)
+    assert executors.engine("local", executors.Options(tmp_path, True)).name == "process"
     assert len(outcome.ran) == 2 and len(outcome.failed) == 2
     assert "simulated out-of-memory" in outcome.failed[0][1]
-    assert sweep.plan(runs, True, tmp_path)[0].done is False  # failed runs run again next time
+    assert executors.plan(runs, True, tmp_path)[0].done is False  # failed runs run again next time
 
 
 def _cli(*args) -> list[str]:
@@ -297,12 +299,12 @@ def test_ctrl_c_with_two_workers_counts_what_was_not_run(tmp_path):
 
 
 def test_worker_count_is_capped_by_runs_and_memory(monkeypatch):
-    assert sweep.worker_count(8, 3) == (3, "3 run(s) to do")
-    monkeypatch.setattr(sweep, "available_memory", lambda: 1300 << 20)
-    n, why = sweep.worker_count(8, 100)
+    assert executors.worker_count(8, 3) == (3, "3 run(s) to do")
+    monkeypatch.setattr(local, "available_memory", lambda: 1300 << 20)
+    n, why = executors.worker_count(8, 100)
     assert n == 2 and "MiB of memory available" in why
-    monkeypatch.setattr(sweep, "available_memory", lambda: 100 << 20)
-    assert sweep.worker_count(4, 100)[0] == 1
+    monkeypatch.setattr(local, "available_memory", lambda: 100 << 20)
+    assert executors.worker_count(4, 100)[0] == 1
 
 
 def test_ray_claims_a_run_only_when_it_is_handed_out(tmp_path, monkeypatch):
@@ -314,17 +316,17 @@ def test_ray_claims_a_run_only_when_it_is_handed_out(tmp_path, monkeypatch):
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         runs = [specs.for_smoke(s) for s in grid.load_runs(write(tmp_path))][:2]
-        todo = sweep.plan(runs, True, tmp_path)
+        todo = executors.plan(runs, True, tmp_path)
         window = []
-        real_claim_method = sweep.Driver.claim
+        real_claim_method = executors.Driver.claim
 
         def claim(self, item):
             lock = real_claim_method(self, item)
             window.append(len([o for o in self.outcome.ran]))
             return lock
 
-        monkeypatch.setattr(sweep.Driver, "claim", claim)
-        outcome = sweep.run_on_ray(todo, tmp_path, smoke=True, force=False, since=sweep.now())
+        monkeypatch.setattr(executors.Driver, "claim", claim)
+        outcome = executors.run(todo, tmp_path, executor="ray", smoke=True)
         assert len(outcome.ran) == 2
         assert window == [0, 1]  # the second run was claimed after the first was saved
     finally:
@@ -335,9 +337,9 @@ def test_ray_token_authentication_failure_says_what_to_set():
     class AuthenticationError(Exception):  # the shape of ray.exceptions.AuthenticationError
         pass
 
-    error = sweep._ray_error("10.0.0.1:6379", AuthenticationError("Failed to authenticate"))
+    error = ray_engine.connection_error("10.0.0.1:6379", AuthenticationError("Failed to authenticate"))
     assert "RAY_AUTH_MODE=token" in str(error) and "10.0.0.1:6379" in str(error)
-    plain = sweep._ray_error("h:1", ConnectionError("connection refused"))
+    plain = ray_engine.connection_error("h:1", ConnectionError("connection refused"))
     assert "cannot reach Ray at h:1: connection refused" in str(plain)
 
 

@@ -15,7 +15,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from normbench import data, grid, layers, norms, spec as specs, sweep, train  # noqa: E402
+from normbench import data, executors, grid, layers, norms, spec as specs, train  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
@@ -135,8 +135,8 @@ def test_a_nan_loss_stops_training_and_marks_the_run_diverged(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs 2 cores and CPU affinity")
 def test_sweep_workers_get_their_own_cores():
-    code = ("import os; from normbench import sweep; "
-            "n = sweep.pin_worker({k}, 2); print(n, sorted(os.sched_getaffinity(0)))")
+    code = ("import os; from normbench import executors; "
+            "n = executors.pin_worker({k}, 2); print(n, sorted(os.sched_getaffinity(0)))")
     cores = sorted(os.sched_getaffinity(0))
     share = len(cores) // 2
     seen = []
@@ -146,4 +146,4 @@ def test_sweep_workers_get_their_own_cores():
         assert int(out[0]) == share
         seen.append(out[1].strip())
     assert seen == [str(cores[:share]), str(cores[share:2 * share])]
-    assert sweep.pin_worker(0, 1) == len(cores)  # one worker keeps every core
+    assert executors.pin_worker(0, 1) == len(cores)  # one worker keeps every core

@@ -1,0 +1,42 @@
+"""What a sweep has to do: one entry per distinct run, in grid order, and whether it is done."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from normbench import spec as specs, store
+
+
+@dataclass(frozen=True)
+class Planned:
+    spec: specs.Spec
+    run_id: str
+    done: bool  # a finished (or diverged) record already exists
+    fallback: bool = False  # ... but it trained on other data than the spec asked for
+    spec_file: str | None = None  # where the spec came from (provenance), if a file
+
+
+def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
+         retry_fallback: bool = False, hashes: list[str] | None = None,
+         spec_files: list[str | None] | None = None) -> list[Planned]:
+    """One entry per run, in grid order, and whether it is done. With `retry_fallback`, a run
+    that trained on fallback data (mnist-10k for an offline mnist) counts as not done.
+    `hashes` (each run's spec_hash, when the caller has them) saves computing them again;
+    `spec_files` (each run's spec file) goes into the records' provenance."""
+    out, seen = [], set()
+    for i, spec in enumerate(runs):
+        rid = store.run_id(spec.name, hashes[i] if hashes else specs.spec_hash(spec), smoke)
+        if rid in seen:
+            continue
+        seen.add(rid)
+        record = store.finished(results_dir, rid)
+        fallback = record is not None and record.dataset.fallback
+        out.append(Planned(spec, rid, record is not None and not (retry_fallback and fallback),
+                           fallback, spec_files[i] if spec_files else None))
+    return out
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()

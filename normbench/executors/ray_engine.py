@@ -1,0 +1,115 @@
+"""Ray: each run a task with one CPU, on a cluster at `--address` or a local instance started
+for the sweep. Tasks only train and return the record; the driver claims and saves."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+from normbench import spec as specs
+from normbench.errors import NormbenchError
+from normbench.executors.driver import model_path, train_task
+from normbench.executors.engine import Engine, Options
+
+
+def preflight() -> None:
+    """What can be checked before Ray starts: it is installed, and RAY_TMPDIR is usable."""
+    if importlib.util.find_spec("ray") is None:
+        raise NormbenchError("--executor ray needs Ray: pip install 'normbench[ray]'")
+    tmp = os.environ.get("RAY_TMPDIR")
+    if tmp and not (Path(tmp).is_dir() and os.access(tmp, os.W_OK)):
+        raise NormbenchError(f"--executor ray: RAY_TMPDIR={tmp} is not a writable directory")
+
+
+def connection_error(address: str | None, exc: BaseException) -> NormbenchError:
+    """What to tell the user when Ray does not start or connect, in one line."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    where = address or "a new local instance"
+    auth = type(exc).__name__ == "AuthenticationError"  # ray.exceptions, Ray >= 2.5x
+    if auth or any(word in text.lower() for word in ("token", "unauthenticated", "authentication")):
+        return NormbenchError(
+            f"--executor ray: the Ray cluster at {where} requires token authentication (Ray >= "
+            "2.5x starts clusters with it on): set RAY_AUTH_MODE=token and the cluster's token "
+            f"(RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) in this shell, then run again ({first})")
+    tmp = os.environ.get("RAY_TMPDIR")
+    if tmp and isinstance(exc, OSError):
+        return NormbenchError(f"--executor ray: cannot start Ray: RAY_TMPDIR={tmp} is not usable "
+                              f"({exc.strerror or first})")
+    return NormbenchError(f"--executor ray: cannot reach Ray at {where}: {first}")
+
+
+def _task(spec_dict: dict, smoke: bool, model: str | None = None) -> str:
+    from normbench import train
+
+    train.configure_threads(1)  # Ray places one task per CPU it was given
+    # a saved model goes to the results directory's file system (a shared one on a cluster)
+    return train_task(spec_dict, smoke, None, model)
+
+
+class RayEngine(Engine):
+    name = "ray"
+    title = "sweep (ray)"
+
+    def __init__(self, options: Options):
+        super().__init__(options)
+        preflight()
+        self.started_here = False
+        self.task = None
+
+    def start(self):
+        import ray
+
+        address = self.options.address
+        self.started_here = not ray.is_initialized()
+        if self.started_here and address and address != "auto" and not address.startswith("ray://"):
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+            except (OSError, ValueError) as exc:  # Ray itself would wait minutes, then exit
+                raise NormbenchError(f"--executor ray: cannot reach Ray at {address}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+        if self.started_here:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True,
+                         runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+            except (Exception, SystemExit) as exc:  # Ray raises many kinds, and sometimes exits
+                self.started_here = False
+                raise connection_error(address, exc) from None
+        self.task = ray.remote(num_cpus=1)(_task)
+        self.window = max(1, int(ray.available_resources().get("CPU", 1)))
+
+    def submit(self, item):
+        model = model_path(self.options.results_dir, item)
+        return self.task.remote(specs.to_dict(item.spec), self.options.smoke,
+                                None if model is None else str(model))
+
+    def collect(self, handles, timeout):
+        import ray
+
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            try:
+                out.append((ref, ray.get(ref)))
+            except Exception as exc:  # a task's failure arrives here as RayTaskError
+                out.append((ref, exc))
+        return out
+
+    def describe_failure(self, exc):
+        return str(exc).strip().splitlines()[-1][:300]  # RayTaskError's last line: the cause
+
+    def cancel(self, handles):
+        import ray
+
+        for ref in handles:
+            ray.cancel(ref, force=True)
+
+    def close(self):
+        if self.started_here:
+            import ray
+
+            ray.shutdown()
