@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -13,7 +14,8 @@ from typing import List, Optional
 import typer
 
 import normbench
-from normbench import api, console, executors, grid, norms, store, tables
+from normbench import api, bench, console, executors, grid, norms, store, tables
+from normbench.bench import common as bench_common
 from normbench.console import say
 from normbench.errors import NormbenchError
 
@@ -24,9 +26,8 @@ app = typer.Typer(
     epilog="Norms: " + ", ".join(f"{n.name} ({n.summary})" for n in norms.NORMS.values()))
 
 SPECS = typer.Argument(..., metavar="SPEC", help="YAML spec file(s); see configs/.", show_default=False)
-SETS = typer.Option([], "-s", "--set", metavar="PATH=VALUE",
-                    help="Override a spec field for every spec, e.g. -s train.epochs=3 "
-                         "-s model.norm.groups=2 (value read as YAML).")
+SETS = typer.Option(bench_common.SETS.default, *bench_common.SETS.decls,
+                    metavar=bench_common.SETS.metavar, help=bench_common.SETS.help)
 RESULTS = typer.Option(Path("results"), "--results", help="Results directory.")
 
 
@@ -442,135 +443,38 @@ bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 app.add_typer(bench_app, name="bench")
 
 
-def _bench_json(name: str) -> Path:
-    return typer.Option(Path("results/bench") / f"{name}.json", "--json",
-                        help="Where the measurements go as JSON (written after the table).")
-
-
 def _log(line: str) -> None:
     console.note(line)
 
 
-@bench_app.command("train")
-@_friendly
-def bench_train(epochs: int = typer.Option(3, min=2, max=100, help="Epochs per run (>= 2)."),
-                seeds: int = typer.Option(3, min=1, max=20, help="Seeds (runs per path)."),
-                dataset: str = typer.Option("mnist-10k", help="mnist, mnist-10k or fashion-mnist."),
-                batch_size: int = typer.Option(32, min=1, max=4096),
-                peers: List[str] = typer.Option([], "--peers", help="torch: the same model in "
-                                                "PyTorch, eager and tuned (normbench[bench])."),
-                config: Optional[Path] = typer.Option(
-                    None, help="The spec to measure (default: the tutorial CNN with GroupNorm); "
-                               "another model, e.g. configs/bench/vgg_sgd.yaml, needs --peers."),
-                sets: List[str] = SETS,
-                json_path: Path = _bench_json("train")) -> None:
-    """The tutorial's recipe (Sequential + model.fit) vs normbench's default training path:
-    steady samples/s, the ratio, first-epoch time, test accuracy, GFLOP/s vs sgemm peak; with
-    --peers torch, the same model in PyTorch too."""
-    from normbench import bench
+def _bench_command(name: str) -> None:
+    """`normbench bench NAME`, generated from the benchmark module's OPTIONS and HELP: it runs
+    the benchmark, prints its table, then writes the measurements as JSON."""
+    module = bench.load(name)
+    options = [*module.OPTIONS, bench_common.Option(
+        "json_path", "Path", Path("results/bench") / f"{name}.json", ("--json",),
+        help="Where the measurements go as JSON (written after the table).")]
 
-    found = bench.bench_train(epochs=epochs, seeds=seeds, dataset=dataset,
-                              batch_size=batch_size, peers=tuple(peers), log=_log,
-                              overrides=tuple(sets),
-                              **({"config": config} if config is not None else {}))
-    bench.print_train(found)
-    bench.write_json(json_path, {**found, "env": bench.environment()})
+    def command(**kwargs) -> None:
+        json_path = kwargs.pop("json_path")
+        found = module.run(**kwargs, log=_log)
+        module.show(found)
+        bench_common.write_json(json_path, {**found, "env": bench_common.environment()})
 
-
-@bench_app.command("floor")
-@_friendly
-def bench_floor(batch_size: List[int] = typer.Option([32, 8], "--batch-size", min=1, max=4096,
-                                                    help="Batch sizes (repeat the option)."),
-                repeats: int = typer.Option(5, min=1, max=100, help="Timed calls per kernel (median)."),
-                dataset: str = typer.Option("mnist-10k", help="mnist, mnist-10k or fashion-mnist."),
-                config: Optional[Path] = typer.Option(None, help="The spec (default: the tutorial "
-                                                            "CNN with GroupNorm)."),
-                sets: List[str] = SETS,
-                json_path: Path = _bench_json("floor")) -> None:
-    """Each kernel a training step needs (every layer's forward and backward, the loss, the
-    optimizer update over all parameters), timed alone, against normbench's step: the step as a
-    multiple of their sum (target <= 1.5x)."""
-    from normbench import bench
-
-    found = bench.bench_floor(batch_sizes=tuple(batch_size), repeats=repeats, log=_log, dataset=dataset,
-                              overrides=tuple(sets),
-                              **({"config": config} if config is not None else {}))
-    bench.print_floor(found)
-    bench.write_json(json_path, {**found, "env": bench.environment()})
+    command.__name__ = command.__qualname__ = f"bench_{name}"
+    command.__doc__ = module.HELP
+    # Typer reads the parameters from the signature and their types from the annotations, which
+    # are evaluated in this module (List, Optional and Path are imported above).
+    command.__signature__ = inspect.Signature([inspect.Parameter(
+        o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=o.type,
+        default=typer.Option(o.default, *o.decls, min=o.min, max=o.max, help=o.help,
+                             metavar=o.metavar)) for o in options])
+    command.__annotations__ = {**{o.name: o.type for o in options}, "return": "None"}
+    bench_app.command(name)(_friendly(command))
 
 
-@bench_app.command("startup")
-@_friendly
-def bench_startup(repeats: int = typer.Option(3, min=1, max=20, help="Fresh processes (median)."),
-                  json_path: Path = _bench_json("startup")) -> None:
-    """The first epoch's extra time over a steady one (tracing, compilation; target <= 1 s) and
-    `normbench run --smoke` from process start to exit (target <= 6 s), in fresh processes."""
-    from normbench import bench
-
-    found = bench.bench_startup(repeats=repeats, log=_log)
-    bench.print_startup(found)
-    bench.write_json(json_path, {**found, "env": bench.environment()})
-
-
-@bench_app.command("layers")
-@_friendly
-def bench_layers(repeats: int = typer.Option(15, min=3, max=1000, help="Timed calls per implementation."),
-                 json_path: Path = _bench_json("layers")) -> None:
-    """GroupNorm and InstanceNorm forward+backward (ms, median) per implementation, in graph
-    mode and under XLA, against the floor: a per-channel affine layer's forward+backward."""
-    from normbench import bench
-
-    rows = bench.bench_layers(repeats=repeats, log=_log)
-    bench.print_layers(rows)
-    bench.write_json(json_path, {"rows": rows, "env": bench.environment()})
-
-
-@bench_app.command("cli")
-@_friendly
-def bench_cli(records: int = typer.Option(1000, min=1, max=100_000, help="Run records for compare."),
-              repeats: int = typer.Option(5, min=1, max=100),
-              scale: str = typer.Option("100,1000,10000", metavar="N,N,...",
-                                        help="Results-directory sizes for the scale measurements "
-                                             "('none' skips them)."),
-              json_path: Path = _bench_json("cli")) -> None:
-    """Wall time of --help, --version, validate configs/*.yaml and compare over N records, each
-    in a fresh interpreter (median), and whether each imports TensorFlow; then, at each scale,
-    bookkeeping per finished run and run --dry-run, compare and plot over all records."""
-    from normbench import bench
-
-    sizes = bench.parse_sizes(scale)
-    rows = bench.bench_cli(records=records, repeats=repeats, log=_log)
-    found = bench.bench_scale(sizes=sizes, repeats=repeats, log=_log) if sizes else None
-    bench.print_cli(rows, found)
-    bench.write_json(json_path, {"rows": rows, "scale": found, "env": bench.environment()})
-
-
-@bench_app.command("memory")
-@_friendly
-def bench_memory(dataset: str = typer.Option("fashion-mnist", help="Dataset of the run."),
-                 epochs: int = typer.Option(1, min=1, max=100),
-                 json_path: Path = _bench_json("memory")) -> None:
-    """Peak resident memory (RSS) of a whole `normbench run` in a child process (target < 2 GiB)."""
-    from normbench import bench
-
-    row = bench.bench_memory(dataset=dataset, epochs=epochs, log=_log)
-    bench.print_memory(row)
-    bench.write_json(json_path, {**row, "env": bench.environment()})
-
-
-@bench_app.command("workers")
-@_friendly
-def bench_workers(runs: int = typer.Option(8, min=1, max=100, help="Runs in the sweep."),
-                  batch_size: int = typer.Option(4, min=1, max=4096),
-                  reps: int = typer.Option(1, min=1, max=20, help="Repetitions (median)."),
-                  jobs: int = typer.Option(2, min=2, max=64, help="Workers to compare with 1."),
-                  json_path: Path = _bench_json("workers")) -> None:
-    """Sweep throughput (runs/min) with 1 vs N local worker processes (target >= 1.6x for 2)."""
-    from normbench import bench
-
-    found = bench.bench_workers(runs=runs, batch_size=batch_size, reps=reps, jobs=jobs, log=_log)
-    bench.print_workers(found)
-    bench.write_json(json_path, {**found, "env": bench.environment()})
+for _name in bench.BENCHMARKS:
+    _bench_command(_name)
 
 
 @app.command("norms")

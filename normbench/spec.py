@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from normbench import norms
 from normbench.errors import NormbenchError
@@ -46,6 +47,18 @@ def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
     raise ValueError(f"unknown {what} {value!r}; {hint}choose from {', '.join(choices)}")
 
 
+def Choice(choices: tuple[str, ...], what: str):  # noqa: N802 - a type, spelled as one
+    """A string field that is one of `choices`, read case-insensitively: `impl: Choice(IMPLS,
+    "impl") = "auto"`. A bad value names the field's kind, suggests the closest choice and lists
+    them all; a value that is not a string says what was expected."""
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return _choice(value.lower(), choices, what)
+
+    return Annotated[str, BeforeValidator(check)]
+
+
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: below it values flush to 0
 
 
@@ -71,6 +84,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+EVAL_STATS = ("moving", "precise", "batch")
+Initializer = Choice(INITIALIZERS, "initializer")
+Impl = Choice(norms.IMPLS, "impl")
+EvalStats = Choice(EVAL_STATS, "eval_stats")
+
+
 class NormSpec(_Frozen):
     type: str = "group"
     groups: int | None = 5
@@ -78,15 +97,15 @@ class NormSpec(_Frozen):
     epsilon: float = 1e-3
     center: bool = True
     scale: bool = True
-    beta_initializer: str = "zeros"
-    gamma_initializer: str = "ones"
-    impl: str = "auto"
+    beta_initializer: Initializer = "zeros"
+    gamma_initializer: Initializer = "ones"
+    impl: Impl = "auto"
     momentum: float | None = 0.99  # batch, batch_renorm: moving statistics' update rate
     # batch: normalize each group of this many samples with its own statistics in training
     # (BN per simulated device / ghost BN); None = the whole batch
     virtual_batch_size: int | None = Field(None, ge=1, le=1 << 20)
     # batch: which statistics the headline test accuracy uses (all three are recorded)
-    eval_stats: Literal["moving", "precise", "batch"] = "moving"
+    eval_stats: EvalStats = "moving"
     precise_samples: int = Field(4096, ge=1, le=1 << 24)  # PreciseBN: training images used
 
     @field_validator("momentum")
@@ -115,23 +134,6 @@ class NormSpec(_Frozen):
     @classmethod
     def _epsilon(cls, value: float) -> float:
         return _positive_finite(value)
-
-    @field_validator("beta_initializer", "gamma_initializer")
-    @classmethod
-    def _initializer(cls, value: str) -> str:
-        return _choice(value.lower(), INITIALIZERS, "initializer")
-
-    @field_validator("impl")
-    @classmethod
-    def _impl(cls, value: str) -> str:
-        return _choice(value.lower(), norms.IMPLS, "impl")
-
-    @field_validator("eval_stats", mode="before")
-    @classmethod
-    def _eval_stats(cls, value: Any) -> str:
-        if isinstance(value, str):
-            return _choice(value.lower(), EVAL_STATS, "eval_stats")
-        raise ValueError(f"expected one of {', '.join(EVAL_STATS)}, got {value!r}")
 
     @model_validator(mode="after")
     def _impl_for_type(self) -> NormSpec:
@@ -164,15 +166,15 @@ def _tfa_installed() -> bool:
 
 
 ARCHS = ("tutorial", "convnet", "vgg", "custom")
+Arch = Choice(ARCHS, "arch")
 FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 NPZ_PREFIX = "npz:"
-EVAL_STATS = ("moving", "precise", "batch")
 BATCH_NORMS = ("batch", "batch_renorm")  # norms with batch statistics: ghost batches, eval_stats
 POOL = "M"  # in vgg widths: a 2x2 max pool
 
 
 class ModelSpec(_Frozen):
-    arch: str = "tutorial"
+    arch: Arch = "tutorial"
     conv_filters: int | None = Field(10, ge=1, le=4096)  # tutorial
     dense_units: int | None = Field(128, ge=1, le=65536)  # tutorial
     dropout: float | None = Field(0.2, ge=0.0, lt=1.0)  # tutorial
@@ -184,11 +186,6 @@ class ModelSpec(_Frozen):
     # outputs are class probabilities
     factory: str | None = Field(None, max_length=300)
     norm: NormSpec = NormSpec()
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, value: str) -> str:
-        return _choice(value.lower(), ARCHS, "arch")
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelSpec:
@@ -263,14 +260,17 @@ class ModelSpec(_Frozen):
 
 LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("constant", "step", "cosine")
+Optimizer = Choice(OPTIMIZERS, "optimizer")
+LrScaling = Choice(LR_SCALINGS, "lr_scaling")
+Schedule = Choice(SCHEDULES, "schedule")
 
 
 class TrainSpec(_Frozen):
     epochs: int = Field(1, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=1 << 20)
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     learning_rate: float = 1e-3
-    lr_scaling: str = "none"  # linear: learning_rate * batch_size / base_batch_size (Goyal 2017)
+    lr_scaling: LrScaling = "none"  # linear: learning_rate * batch_size / base_batch_size (Goyal 2017)
     base_batch_size: int = Field(32, ge=1, le=1 << 20)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     # How the train step is compiled: true = the whole step under XLA; false = plain TF graph;
@@ -289,7 +289,7 @@ class TrainSpec(_Frozen):
     decay_norm_params: bool = True
     # learning-rate schedule over the whole run (in optimizer steps): constant, step (x lr_decay
     # at each milestone, a fraction of training) or cosine (to 0); linear warmup first
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     milestones: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field([0.5, 0.75], max_length=16)
     lr_decay: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.0, ge=0.0, le=1000.0)
@@ -301,11 +301,6 @@ class TrainSpec(_Frozen):
     validation_split: float = Field(0.0, ge=0.0, lt=0.5)
     # write the trained model as model.keras into the run directory (not part of the run id)
     save_model: bool = Field(False, json_schema_extra={"identity": False})
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        return _choice(value.lower(), SCHEDULES, "schedule")
 
     @field_validator("milestones")
     @classmethod
@@ -330,11 +325,6 @@ class TrainSpec(_Frozen):
             return value if isinstance(value, bool) else "auto"
         raise ValueError(f"expected true, false or auto, got {value!r}")
 
-    @field_validator("lr_scaling")
-    @classmethod
-    def _lr_scaling(cls, value: str) -> str:
-        return _choice(value.lower(), LR_SCALINGS, "lr_scaling")
-
     @property
     def effective_learning_rate(self) -> float:
         """The peak learning rate after lr_scaling (linear: Goyal et al. 2017, for SGD; sqrt:
@@ -345,11 +335,6 @@ class TrainSpec(_Frozen):
         if self.lr_scaling == "sqrt":
             return self.learning_rate * math.sqrt(ratio)
         return self.learning_rate
-
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, value: str) -> str:
-        return _choice(value.lower(), OPTIMIZERS, "optimizer")
 
     @field_validator("learning_rate")
     @classmethod

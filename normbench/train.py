@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import time
-import weakref
 from pathlib import Path
 
 from normbench.console import EpochProgress  # noqa: E402
@@ -21,16 +20,13 @@ import numpy as np  # noqa: E402
 import normbench  # noqa: E402
 from normbench import data, layers, norms, spec as specs  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
+from normbench.evaluate import (EVAL_BATCH, bn_evaluation, diverged_reason, evaluate,  # noqa: E402
+                                precise_statistics)
 from normbench.models import build_model  # noqa: E402
+from normbench.optim import current_rate, make_optimizer, native_update  # noqa: E402
 from normbench.store import RunRecord, run_id  # noqa: E402
 
 log = logging.getLogger("normbench")
-CHANCE_ACCURACY = 0.12  # 10 classes: a model at or below this learned nothing
-LOSS_BLOWUP = 100.0  # final training loss above this multiple of the first call's: diverged
-
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-              "rmsprop": keras.optimizers.RMSprop}
-EVAL_BATCH = 512  # evaluation batch size changes speed only: no layer here mixes test samples
 
 
 def _cpu_name() -> str:
@@ -76,63 +72,6 @@ def compile_mode(jit_compile: bool | str) -> str:
     if jit_compile == "auto":
         return "step" if tf.config.list_physical_devices("GPU") else "kernels"
     return "step" if jit_compile else "none"
-
-
-def native_update(optimizer, variables):
-    """apply(grads) for Keras 3's plain Adam or SGD as TensorFlow's fused training ops (one
-    multithreaded pass over each variable and its slots: ResourceApplyAdam,
-    ResourceApplyKerasMomentum), the same update formulas as Keras's, or None where the
-    optimizer has anything those ops lack (clipping, weight decay, AMSGrad, EMA, loss scaling,
-    gradient accumulation, constraints) or on Keras 2."""
-    if int(keras.__version__.split(".")[0]) < 3 or type(optimizer) not in (
-            keras.optimizers.Adam, keras.optimizers.SGD):
-        return None
-    plain = (optimizer.clipnorm, optimizer.clipvalue, optimizer.global_clipnorm,
-             optimizer.weight_decay, optimizer.loss_scale_factor,
-             optimizer.gradient_accumulation_steps)
-    if any(plain) or optimizer.use_ema or getattr(optimizer, "amsgrad", False) \
-            or any(v.constraint is not None for v in variables) \
-            or any(v.dtype != "float32" for v in variables):
-        return None
-    index = [optimizer._get_variable_index(v) for v in variables]
-    handles = [v.value.handle for v in variables]
-
-    def rate():
-        return tf.cast(optimizer.learning_rate, tf.float32)  # a schedule: at `iterations`
-
-    if isinstance(optimizer, keras.optimizers.Adam):
-        m = [optimizer._momentums[i].value.handle for i in index]
-        v2 = [optimizer._velocities[i].value.handle for i in index]
-        b1, b2 = float(optimizer.beta_1), float(optimizer.beta_2)
-
-        def apply(grads):
-            step = tf.cast(optimizer.iterations + 1, tf.float32)
-            lr = rate()
-            b1_power, b2_power = tf.pow(b1, step), tf.pow(b2, step)
-            for var, mv, vv, g in zip(handles, m, v2, grads):
-                tf.raw_ops.ResourceApplyAdam(
-                    var=var, m=mv, v=vv, beta1_power=b1_power, beta2_power=b2_power, lr=lr,
-                    beta1=b1, beta2=b2, epsilon=float(optimizer.epsilon), grad=g)
-            optimizer.iterations.assign_add(1)
-        return apply
-
-    if not optimizer.momentum:
-        def apply(grads):
-            lr = rate()
-            for var, g in zip(handles, grads):
-                tf.raw_ops.ResourceApplyGradientDescent(var=var, alpha=lr, delta=g)
-            optimizer.iterations.assign_add(1)
-        return apply
-    accum = [optimizer.momentums[i].value.handle for i in index]
-    momentum, nesterov = float(optimizer.momentum), bool(optimizer.nesterov)
-
-    def apply(grads):
-        lr = rate()
-        for var, acc, g in zip(handles, accum, grads):
-            tf.raw_ops.ResourceApplyKerasMomentum(var=var, accum=acc, lr=lr, grad=g,
-                                                  momentum=momentum, use_nesterov=nesterov)
-        optimizer.iterations.assign_add(1)
-    return apply
 
 
 class _Loop:
@@ -318,45 +257,11 @@ class Fit:
         return n_train / times[0], "epoch 1, tracing included (a single call)"
 
 
-def current_rate(optimizer, steps_done: int) -> float | None:
-    """The learning rate of the last step taken (a schedule evaluated there, or the constant)."""
-    rate = getattr(optimizer, "_learning_rate", None)
-    if rate is None:
-        return None
-    if callable(rate) and not hasattr(rate, "assign"):  # a schedule, not a variable
-        rate = rate(max(0, steps_done - 1))
-    value = float(np.asarray(rate))
-    return value if math.isfinite(value) and value >= 0 else None
-
-
 def configure_threads(cores: int) -> None:
     """Size TensorFlow's intra-op pool to the `cores` a sweep worker owns (before any TF op).
     The inter-op pool stays at its default: capping it made concurrent runs slower here."""
     if cores < (os.cpu_count() or 1):
         tf.config.threading.set_intra_op_parallelism_threads(max(1, cores))
-
-
-def diverged_reason(nonfinite: str | None, first_loss: float | None, final_loss: float,
-                    test_loss: float, test_accuracy: float, classes: int = 10) -> str | None:
-    """Why a run that trained to the end still failed, or None. A diverged run is kept (and not
-    retried on every invocation, as a failed one would be) but never averaged into means.
-    Chance is judged for `classes` classes (10: 12% accuracy, a uniform guess's loss ln 10)."""
-    uniform_loss = math.log(classes)
-    chance = CHANCE_ACCURACY * 10 / classes
-    if nonfinite:
-        return nonfinite
-    if not math.isfinite(test_loss):
-        return f"the test loss is {test_loss}"
-    if first_loss is not None and math.isfinite(first_loss) and first_loss > 0 \
-            and final_loss > LOSS_BLOWUP * first_loss:
-        return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x the "
-                f"first call's {first_loss:.4g}")
-    if final_loss > LOSS_BLOWUP * uniform_loss:  # it blew up within the first call already
-        return (f"the final training loss {final_loss:.4g} is more than {LOSS_BLOWUP:g}x that "
-                f"of a uniform guess over {classes} classes ({uniform_loss:.3f})")
-    if test_accuracy < chance:
-        return f"test accuracy {100 * test_accuracy:.1f}% is at chance (< {100 * chance:.3g}%)"
-    return None
 
 
 def _bn_warning(spec: specs.Spec, steps: int) -> str | None:
@@ -376,51 +281,6 @@ def _bn_warning(spec: specs.Spec, steps: int) -> str | None:
     return text
 
 
-class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
-    """The learning rate at each optimizer step: linear warmup from peak / warmup_steps to the
-    peak over `warmup_steps`, then constant, step (x `decay` at each milestone, a fraction of
-    `total_steps`) or cosine (from the peak at the end of warmup to 0 at `total_steps`)."""
-
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0,
-                 kind: str = "constant", milestones=(), decay: float = 0.1):
-        self.peak, self.total_steps, self.warmup_steps = float(peak), int(total_steps), int(warmup_steps)
-        self.kind, self.milestones, self.decay = kind, tuple(milestones), float(decay)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        peak = tf.constant(self.peak, tf.float32)
-        if self.kind == "step":
-            passed = tf.add_n([tf.cast(step >= round(m * self.total_steps), tf.float32)
-                               for m in self.milestones] or [tf.constant(0.0)])
-            rate = peak * tf.pow(tf.constant(self.decay, tf.float32), passed)
-        elif self.kind == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
-            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
-            rate = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        else:
-            rate = peak + 0.0 * step
-        if self.warmup_steps:
-            rate = rate * tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
-        return rate
-
-    def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "kind": self.kind,
-                "milestones": list(self.milestones), "decay": self.decay}
-
-
-def make_optimizer(t: specs.TrainSpec, total_steps: int, steps_per_epoch: int):
-    """The spec's optimizer, with its schedule (a plain float when constant without warmup, so
-    runs from before schedules existed train exactly as they did)."""
-    peak = t.effective_learning_rate
-    warmup = round(t.warmup_epochs * steps_per_epoch)
-    rate = peak if t.schedule == "constant" and not warmup else LearningRate(
-        peak, total_steps, warmup, t.schedule, t.milestones, t.lr_decay)
-    if t.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=t.momentum, nesterov=t.nesterov)
-    return OPTIMIZERS[t.optimizer](learning_rate=rate)
-
-
 def _split(ds: data.Dataset, t: specs.TrainSpec):
     """(x_train, y_train, x_val, y_val): the validation split is the last fraction of a shuffle
     drawn from the seed alone, so every norm and batch size of one seed holds out the same
@@ -433,81 +293,9 @@ def _split(ds: data.Dataset, t: specs.TrainSpec):
     return ds.x_train[keep], ds.y_train[keep], ds.x_train[held], ds.y_train[held]
 
 
-_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {mode: function}
-
-
-def _predictor(model, mode: str):
-    """One traced inference function per model and BN mode (the mode is read while tracing), so
-    evaluating every epoch does not trace again."""
-    table = _PREDICTORS.setdefault(model, {})
-    if mode not in table:
-        ref = weakref.ref(model)  # the entry must not keep its own key alive
-        table[mode] = tf.function(lambda xb: ref()(xb, training=False), autograph=False,
-                                  reduce_retracing=True)
-    return table[mode]
-
-
-def evaluate(model, x, y, batch: int = EVAL_BATCH, *, mode: str = "moving") -> dict:
-    """Test-set loss and accuracy with the BN statistics of `mode`; 'batch' normalizes the test
-    images in batches of `batch` (groups of virtual_batch_size inside), so only the largest
-    multiple of `batch` is evaluated (`n` says how many)."""
-    n = len(y) - (len(y) % batch if mode == "batch" else 0)
-    if n == 0:
-        return {"loss": float("nan"), "accuracy": 0.0, "n": 0}
-    with layers.bn_statistics(mode):
-        predict = _predictor(model, mode)
-        loss_sum = correct = 0.0
-        for i in range(0, n, batch):
-            probs = predict(tf.convert_to_tensor(x[i:min(i + batch, n)]))
-            yb = y[i:min(i + batch, n)]
-            loss_sum += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(yb, probs)))
-            correct += float(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32),
-                                                             tf.cast(yb, tf.int32)), tf.float32)))
-    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
-
-
 def _is_norm(layer) -> bool:
     """Whether a layer is a normalization layer (its gamma/beta are what decay_norm_params means)."""
     return "Normalization" in type(layer).__name__
-
-
-def _bn_layers(model) -> list:
-    return [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
-
-
-def precise_statistics(model, x, batch: int, samples: int) -> int:
-    """PreciseBN (Wu & Johnson 2021): replace every BN layer's moving mean and variance by the
-    exact population moments of its inputs over `samples` training images, computed with the
-    final weights in batches of `batch` (normalized as in training). Returns the images used."""
-    n = min(samples, len(x)) // batch * batch
-    bns = _bn_layers(model)
-    for layer in bns:
-        layer.prepare_collect()
-        layer.reset_collected()
-    with layers.bn_statistics("collect"):
-        forward = tf.function(lambda xb: model(xb, training=False), autograph=False)
-        for i in range(0, n, batch):
-            forward(tf.convert_to_tensor(x[i:i + batch]))
-    for layer in bns:
-        mean, variance = layer.precise_statistics()
-        layer.moving_mean.assign(mean)
-        layer.moving_variance.assign(variance)
-    return n
-
-
-def _bn_evaluation(model, ds, x_train, spec: specs.Spec, moving: dict) -> dict:
-    """Test loss and accuracy three ways (moving averages, PreciseBN, batch statistics)."""
-    t, norm = spec.train, spec.model.norm
-    found = {"moving": moving}
-    bns = _bn_layers(model)
-    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns]
-    used = precise_statistics(model, x_train, t.batch_size, norm.precise_samples)
-    found["precise"] = {**evaluate(model, ds.x_test, ds.y_test), "samples": used}
-    for layer, (mean, variance) in zip(bns, saved):
-        layer.moving_mean.assign(mean)
-        layer.moving_variance.assign(variance)
-    found["batch"] = evaluate(model, ds.x_test, ds.y_test, t.batch_size, mode="batch")
-    return found
 
 
 def initial_model(spec: specs.Spec, input_shape: tuple[int, ...] = specs.IMAGE_SHAPE,
@@ -570,7 +358,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
                                                   verbose=0)
         bn_eval = None
         if norm.type in specs.BATCH_NORMS and math.isfinite(test_loss):
-            bn_eval = _bn_evaluation(model, ds, x_train, spec, {
+            bn_eval = bn_evaluation(model, ds, x_train, spec, {
                 "loss": float(test_loss), "accuracy": float(test_accuracy), "n": len(ds.y_test)})
             test_loss = bn_eval[norm.eval_stats]["loss"]
             test_accuracy = bn_eval[norm.eval_stats]["accuracy"]

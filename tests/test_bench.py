@@ -11,7 +11,10 @@ import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must
 
 from conftest import CliRunner  # noqa: E402
 
-from normbench import bench, data, grid, norms  # noqa: E402
+from normbench import data, grid, norms  # noqa: E402
+from normbench.bench import cli as bench_cli, layers as bench_layers, memory, startup  # noqa: E402
+from normbench.bench import train as bench_train  # noqa: E402
+from normbench.bench.common import CONFIGS  # noqa: E402
 from normbench.cli import app  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
@@ -19,28 +22,28 @@ runner = CliRunner()
 
 
 def test_flops_per_sample_of_the_tutorial_model_by_hand():
-    spec = grid.load(bench.CONFIGS / "groupnorm.yaml")
+    spec = grid.load(CONFIGS / "groupnorm.yaml")
     made = norms.make(spec.model.norm)
     model = build_model(spec.model, made.norm, made.conv)
     conv = 2 * 26 * 26 * 10 * 3 * 3 * 1
     dense = 2 * 26 * 26 * 10 * 128 + 2 * 128 * 10
-    assert bench.train_flops_per_sample(model) == 3 * (conv + dense) == 5_564_400
+    assert bench_train.train_flops_per_sample(model) == 3 * (conv + dense) == 5_564_400
 
 
 def test_sgemm_peak_is_a_plausible_rate():
-    assert 0.1 < bench.sgemm_peak(n=256, repeats=2) < 1e5
+    assert 0.1 < bench_train.sgemm_peak(n=256, repeats=2) < 1e5
 
 
 def test_tutorial_recipe_with_each_stand_in_for_tfa(tmp_path):
-    spec = grid.load(bench.CONFIGS / "groupnorm.yaml", ["train.epochs=2"])
+    spec = grid.load(CONFIGS / "groupnorm.yaml", ["train.epochs=2"])
     ds = data.load("mnist-10k", smoke=True)
     for gn in ("keras", "native"):
-        found = bench.tutorial_recipe(spec, ds, gn)
+        found = bench_train.tutorial_recipe(spec, ds, gn)
         assert found["samples_per_s"] > 0 and 0.5 < found["test_accuracy"] <= 1.0
 
 
 def test_bench_layers_times_every_implementation_and_the_floor():
-    rows = bench.bench_layers(repeats=3, shapes=[((2, 6, 6, 8), 2)], log=lambda line: None)
+    rows = bench_layers.bench_layers(repeats=3, shapes=[((2, 6, 6, 8), 2)], log=lambda line: None)
     assert [(r["norm"], r["mode"]) for r in rows] == [("group", "graph"), ("group", "xla"),
                                                       ("instance", "graph"), ("instance", "xla")]
     for r in rows:
@@ -70,21 +73,21 @@ def test_scale_records_are_the_sweeps_own_finished_runs(tmp_path):
     them all finished (else the bench would time planning, not resuming)."""
     from normbench import executors, grid
 
-    spec_file = bench._fake_records(tmp_path, 200)
+    spec_file = bench_cli.fake_records(tmp_path, 200)
     planned = executors.plan(grid.load_runs(spec_file), False, tmp_path)
     assert len(planned) == 200 and all(p.done for p in planned)
-    assert bench.bookkeeping(tmp_path, spec_file, runs=5) > 0
+    assert bench_cli.bookkeeping(tmp_path, spec_file, runs=5) > 0
     assert len(list((tmp_path / "runs").glob("scale-*"))) == 205
-    assert bench.parse_sizes("none") == () and bench.parse_sizes("1,10") == (1, 10)
+    assert bench_cli.parse_sizes("none") == () and bench_cli.parse_sizes("1,10") == (1, 10)
 
 
 def test_imports_tensorflow_tells_the_two_apart():
-    assert bench.imports_tensorflow(["-c", "import tensorflow"]) is True
-    assert bench.imports_tensorflow(["-m", "normbench", "norms"]) is False
+    assert bench_cli.imports_tensorflow(["-c", "import tensorflow"]) is True
+    assert bench_cli.imports_tensorflow(["-m", "normbench", "norms"]) is False
 
 
 def test_bench_memory_reports_a_child_runs_peak(tmp_path):
-    row = bench.bench_memory(dataset="mnist-10k", epochs=1, log=lambda line: None)
+    row = memory.bench_memory(dataset="mnist-10k", epochs=1, log=lambda line: None)
     assert 100 < row["peak_rss_mib"] < 8192
 
 
@@ -122,12 +125,12 @@ def test_bench_floor_times_every_kernel_of_the_step(tmp_path):
 
 
 def test_bench_startup_measures_fresh_processes(tmp_path):
-    found = bench.bench_startup(repeats=1, log=lambda line: None)
+    found = startup.bench_startup(repeats=1, log=lambda line: None)
     assert 0 < found["smoke_s"] < 300 and found["runs"]["smoke_s"] == [found["smoke_s"]]
     assert -5 < found["first_epoch_extra_s"] < 60
 
 
 def test_bench_train_of_another_model_needs_a_peer():
     result = runner.invoke(app, ["bench", "train", "--config",
-                                 str(bench.CONFIGS / "bench" / "vgg_sgd.yaml")])
+                                 str(CONFIGS / "bench" / "vgg_sgd.yaml")])
     assert result.exit_code == 2 and "--peers torch" in result.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normbench import train  # noqa: E402  (imports TensorFlow)
+from normbench import optim, train  # noqa: E402  (imports TensorFlow)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -22,10 +22,10 @@ def _variables(seed: int = 0):
 
 OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(1e-2),
-    "adam, schedule": lambda: keras.optimizers.Adam(train.LearningRate(0.1, 10, 2, "cosine")),
+    "adam, schedule": lambda: keras.optimizers.Adam(optim.LearningRate(0.1, 10, 2, "cosine")),
     "sgd": lambda: keras.optimizers.SGD(0.1),
     "sgd, momentum": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
-    "sgd, nesterov": lambda: keras.optimizers.SGD(train.LearningRate(0.1, 10, 0, "step", (0.5,)),
+    "sgd, nesterov": lambda: keras.optimizers.SGD(optim.LearningRate(0.1, 10, 0, "step", (0.5,)),
                                                  momentum=0.9, nesterov=True),
 }
 
@@ -36,7 +36,7 @@ def test_the_fused_update_is_keras_update(name):
     keras_opt, fused_opt = OPTIMIZERS[name](), OPTIMIZERS[name]()
     keras_opt.build(theirs)
     fused_opt.build(ours)
-    apply = tf.function(train.native_update(fused_opt, ours), autograph=False)
+    apply = tf.function(optim.native_update(fused_opt, ours), autograph=False)
     rng = np.random.default_rng(1)
     for _ in range(7):
         grads = [tf.constant(rng.normal(size=v.shape).astype("float32")) for v in theirs]
@@ -57,7 +57,7 @@ def test_what_the_fused_ops_lack_keeps_keras_update(make):
     variables = _variables()
     optimizer = make()
     optimizer.build(variables)
-    assert train.native_update(optimizer, variables) is None
+    assert optim.native_update(optimizer, variables) is None
 
 
 def test_training_never_computes_the_softmax():
@@ -66,7 +66,7 @@ def test_training_never_computes_the_softmax():
     spec = grid.load(_config(), ["dataset=mnist-10k"])
     model, _ = train.initial_model(spec)
     fit = train.Fit(model, None, spec.train)
-    fit.attach(train.make_optimizer(spec.train, 10, 10))
+    fit.attach(optim.make_optimizer(spec.train, 10, 10))
     x = tf.zeros([64, 28, 28, 1])
     y = tf.zeros([64], tf.int32)
     order = tf.reshape(tf.range(64, dtype=tf.int32), [2, 32])
@@ -83,6 +83,6 @@ def test_training_never_computes_the_softmax():
 
 
 def _config():
-    from normbench import bench
+    from normbench.bench import common
 
-    return bench.CONFIGS / "groupnorm.yaml"
+    return common.CONFIGS / "groupnorm.yaml"

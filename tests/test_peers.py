@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from normbench import data, grid, peers
+from normbench import data, grid
+from normbench.bench import peers
 from normbench.errors import NormbenchError
 
 pytest.importorskip("torch", reason="PyTorch is not installed (make test installs a CPU wheel "
@@ -24,7 +25,7 @@ pytest.importorskip("torch", reason="PyTorch is not installed (make test install
 ])
 def test_the_peer_has_normbenchs_parameter_count_and_learns(config, overrides, style):
     from normbench import train
-    from normbench.bench import CONFIGS
+    from normbench.bench.common import CONFIGS
 
     spec = grid.load(CONFIGS / config, ["dataset=mnist-10k", "train.epochs=2", *overrides])
     ds = data.load(spec.dataset, smoke=True)
@@ -37,20 +38,20 @@ def test_the_peer_has_normbenchs_parameter_count_and_learns(config, overrides, s
 
 
 def test_norms_without_a_peer_are_refused():
-    spec = grid.load(__import__("normbench.bench", fromlist=["CONFIGS"]).CONFIGS / "groupnorm.yaml",
+    spec = grid.load(__import__("normbench.bench.common", fromlist=["CONFIGS"]).CONFIGS / "groupnorm.yaml",
                      ["model.norm.type=instance"])
     with pytest.raises(NormbenchError, match="no PyTorch peer"):
         peers.build(spec.model, "instance", None, 1e-3)
 
 
 def test_bench_train_measures_the_study_model_against_the_peer(tmp_path):
-    from normbench import bench
+    from normbench.bench import common, floor, train as bench_train
 
-    found = bench.bench_train(epochs=2, seeds=1, batch_size=64, peers=("torch",),
-                              config=bench.CONFIGS / "bench" / "vgg_sgd.yaml",
+    found = bench_train.bench_train(epochs=2, seeds=1, batch_size=64, peers=("torch",),
+                              config=common.CONFIGS / "bench" / "vgg_sgd.yaml",
                               overrides=("model.widths=[8, M, 16]",), log=lambda line: None)
     assert set(found["summary"]) == {"normbench", "torch eager", "torch tuned"}
-    assert found["torch_target"] == bench.STUDY_PEER_TARGET and "ratio" not in found
+    assert found["torch_target"] == bench_train.STUDY_PEER_TARGET and "ratio" not in found
     assert found["versus_torch"]["tuned"] == pytest.approx(
         found["summary"]["normbench"]["samples_per_s"] / found["summary"]["torch tuned"]["samples_per_s"])
 
@@ -58,18 +59,17 @@ def test_bench_train_measures_the_study_model_against_the_peer(tmp_path):
 def test_a_batchnorm_peer_keeps_the_specs_momentum():
     from torch import nn
 
-    spec = grid.load(__import__("normbench.bench", fromlist=["CONFIGS"]).CONFIGS / "bench" / "vgg_sgd.yaml")
+    spec = grid.load(__import__("normbench.bench.common", fromlist=["CONFIGS"]).CONFIGS / "bench" / "vgg_sgd.yaml")
     model = peers.build(spec.model, "batch", None, 1e-3, spec.model.norm.momentum)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(m.momentum == pytest.approx(1 - 0.9) for m in bns)
 
 
 def test_the_peer_warms_up_as_normbench_and_refuses_other_schedules():
-    from normbench.bench import CONFIGS
+    from normbench import optim
+    from normbench.bench.common import CONFIGS
 
-    from normbench import train
-
-    schedule = train.LearningRate(0.1, 100, 5)  # normbench's: 5 warmup steps, then constant
+    schedule = optim.LearningRate(0.1, 100, 5)  # normbench's: 5 warmup steps, then constant
     for step in range(8):
         assert 0.1 * peers.warmup_factor(step, 5) == pytest.approx(float(schedule(step)))
     assert peers.warmup_factor(0, 0) == 1.0
@@ -80,20 +80,20 @@ def test_the_peer_warms_up_as_normbench_and_refuses_other_schedules():
 
 
 def test_bench_train_refuses_a_spec_without_a_peer_before_measuring_anything():
-    from normbench import bench
+    from normbench.bench import common, floor, train as bench_train
 
     said = []
     for override in ("model.norm.type=instance", "train.optimizer=rmsprop"):
         with pytest.raises(NormbenchError, match="no PyTorch peer|has no peer"):
-            bench.bench_train(epochs=2, seeds=1, peers=("torch",), overrides=(override,),
+            bench_train.bench_train(epochs=2, seeds=1, peers=("torch",), overrides=(override,),
                               log=said.append)
     assert not [line for line in said if line.startswith("seed")]  # no run was started
 
 
 def test_bench_floor_keeps_normbenchs_side_where_the_peer_has_no_such_norm():
-    from normbench import bench
+    from normbench.bench import common, floor, train as bench_train
 
-    found = bench.bench_floor(batch_sizes=(4,), repeats=1, overrides=("model.norm.type=instance",),
+    found = floor.bench_floor(batch_sizes=(4,), repeats=1, overrides=("model.norm.type=instance",),
                               log=lambda line: None)
     row = found["rows"][0]
     assert "no PyTorch peer" in row["torch_skipped"] and "torch_rows" not in row

@@ -259,9 +259,9 @@ def test_compare_json_has_no_bare_nan(tmp_path, make_record):
 ])
 def test_diverged_reason(nonfinite, first, final, loss, acc, fragment):
     import tensorflow  # noqa: F401 - train imports it
-    from normbench import train
+    from normbench import evaluate as evaluation
 
-    reason = train.diverged_reason(nonfinite, first, final, loss, acc)
+    reason = evaluation.diverged_reason(nonfinite, first, final, loss, acc)
     assert (reason is None) if fragment is None else (fragment in reason)
 
 
@@ -470,6 +470,6 @@ def test_help_reads_as_sentences():
 
 def test_a_loss_that_blew_up_in_the_first_call_is_diverged():
     import tensorflow  # noqa: F401 - train imports it
-    from normbench import train
+    from normbench import evaluate as evaluation
 
-    assert "uniform guess" in train.diverged_reason(None, 2.1e22, 2.2e22, 1.3e6, 0.134)
+    assert "uniform guess" in evaluation.diverged_reason(None, 2.1e22, 2.2e22, 1.3e6, 0.134)

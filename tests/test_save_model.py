@@ -20,7 +20,7 @@ def cli(*args):
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_saved_models_predict_what_the_runs_evaluated(tmp_path, jobs):
-    from normbench import data, layers, train
+    from normbench import data, evaluate as evaluation, layers, train
 
     spec = tmp_path / "s.yaml"
     spec.write_text("name: s\ndataset: mnist-10k\nsweep:\n"
@@ -37,7 +37,7 @@ def test_saved_models_predict_what_the_runs_evaluated(tmp_path, jobs):
         assert sorted(p.name for p in folder.iterdir()) == ["history.csv", "metrics.json",
                                                             "model.keras", "spec.yaml"]
         model = layers.load_model(folder / "model.keras")
-        got = train.evaluate(model, ds.x_test, ds.y_test)
+        got = evaluation.evaluate(model, ds.x_test, ds.y_test)
         assert got["accuracy"] == pytest.approx(r["test_accuracy"], abs=1e-6), r["norm"]
     assert not list((tmp_path / "r" / "runs" / ".claims").glob("*.keras"))  # nothing left behind
 

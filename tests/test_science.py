@@ -11,7 +11,7 @@ import pytest
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from normbench import grid, layers, train  # noqa: E402
+from normbench import evaluate as evaluation, grid, layers, optim, train  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
 
 KERAS_3 = layers.KERAS_3
@@ -146,7 +146,7 @@ def test_precise_and_batch_statistics_on_a_model_with_a_known_answer():
     bn = layers.BatchNormalization(virtual_batch_size=4, center=False, scale=False)
     model = keras.Sequential([keras.Input((3, 3, 2)), bn])
     model(x[:8], training=True)  # moving statistics move a little away from 0 / 1
-    used = train.precise_statistics(model, x, batch=16, samples=48)
+    used = evaluation.precise_statistics(model, x, batch=16, samples=48)
     assert used == 48
     population = x[:48].astype(np.float64)
     assert np.allclose(bn.moving_mean.numpy(), population.mean(axis=(0, 1, 2)), atol=1e-5)
@@ -158,14 +158,14 @@ def test_precise_and_batch_statistics_on_a_model_with_a_known_answer():
 
 
 def test_schedules_give_the_learning_rate_at_each_step():
-    step = train.LearningRate(0.1, total_steps=100, kind="step", milestones=(0.3, 0.6), decay=0.1)
+    step = optim.LearningRate(0.1, total_steps=100, kind="step", milestones=(0.3, 0.6), decay=0.1)
     assert [round(float(step(s)), 6) for s in (0, 29, 30, 59, 60, 99)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
-    cosine = train.LearningRate(0.1, total_steps=100, warmup_steps=10, kind="cosine")
+    cosine = optim.LearningRate(0.1, total_steps=100, warmup_steps=10, kind="cosine")
     assert float(cosine(0)) == pytest.approx(0.01)  # warmup: (0 + 1) / 10 of the peak
     assert float(cosine(9)) == pytest.approx(0.1)
     assert float(cosine(55)) == pytest.approx(0.05, rel=1e-5)  # half way from 10 to 100
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
-    constant = train.LearningRate(0.2, total_steps=50, warmup_steps=4)
+    constant = optim.LearningRate(0.2, total_steps=50, warmup_steps=4)
     assert [round(float(constant(s)), 6) for s in (0, 1, 3, 40)] == [0.05, 0.1, 0.2, 0.2]
 
 
@@ -179,10 +179,10 @@ def test_optimizer_and_plan_follow_the_spec(tmp_path):
     spec = _spec(tmp_path, "train: {optimizer: sgd, momentum: 0.9, nesterov: true, "
                            "learning_rate: 0.1, batch_size: 64, lr_scaling: linear, "
                            "base_batch_size: 32, schedule: step, steps: 300}\n")
-    optimizer = train.make_optimizer(spec.train, 300, 125)
+    optimizer = optim.make_optimizer(spec.train, 300, 125)
     assert optimizer.momentum == pytest.approx(0.9) and optimizer.nesterov
     rate = optimizer.learning_rate
-    assert isinstance(optimizer._learning_rate, train.LearningRate) if KERAS_3 else True
+    assert isinstance(optimizer._learning_rate, optim.LearningRate) if KERAS_3 else True
     fit = train.Fit(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), None, spec.train)
     assert fit.plan(8000) == (3, 300, 0)  # 125 steps an epoch: 3 epochs, the last cut short
     sqrt = _spec(tmp_path, "train: {lr_scaling: sqrt, batch_size: 128}\n")

@@ -234,10 +234,31 @@ def test_a_new_field_at_its_default_keeps_every_run_id(tmp_path):
 
 
 def test_a_results_directory_from_before_a_new_field_resumes_with_nothing_to_do(tmp_path):
-    from normbench import bench, executors
+    from normbench import executors
+    from normbench.bench import cli as bench_cli
 
-    spec_file = bench._fake_records(tmp_path, 100)  # finished runs, written by "this" version
+    spec_file = bench_cli.fake_records(tmp_path, 100)  # finished runs, written by "this" version
     NewSpec = _newer_schema()
     newer = [NewSpec.model_validate(specs.to_dict(s)) for s in grid.load_runs(spec_file)]
     planned = executors.plan(newer, False, tmp_path)
     assert len(planned) == 100 and sum(not p.done for p in planned) == 0
+
+
+@pytest.mark.parametrize("doc, field, said", [
+    ({"model": {"norm": {"impl": "Nativ"}}}, "model.norm.impl", "did you mean 'native'? choose from auto"),
+    ({"train": {"optimizer": 5}}, "train.optimizer", "expected one of adam, sgd, rmsprop, got 5"),
+    ({"train": {"schedule": "cosin"}}, "train.schedule", "unknown schedule 'cosin'; did you mean 'cosine'"),
+    ({"model": {"norm": {"gamma_initializer": "one"}}}, "model.norm.gamma_initializer", "unknown initializer"),
+    ({"model": {"norm": {"type": "batch", "eval_stats": []}}}, "model.norm.eval_stats", "expected one of moving"),
+    ({"train": {"lr_scaling": "sqr"}}, "train.lr_scaling", "did you mean 'sqrt'"),
+])
+def test_every_choice_field_names_itself_suggests_and_lists_the_choices(doc, field, said):
+    with pytest.raises(ValueError) as info:
+        specs.Spec.model_validate({"name": "c", **doc})
+    assert field in str(info.value) and said in str(info.value)
+
+
+def test_choice_fields_read_any_case_into_the_canonical_value():
+    s = specs.Spec.model_validate({"name": "c", "train": {"optimizer": "SGD", "schedule": "Cosine"},
+                                   "model": {"norm": {"type": "batch", "eval_stats": "Precise"}}})
+    assert (s.train.optimizer, s.train.schedule, s.model.norm.eval_stats) == ("sgd", "cosine", "precise")

@@ -1,8 +1,8 @@
-"""`normbench bench floor`: the kernels one training step needs, each timed alone, against the
-step itself. Each layer's forward and backward pass (the gradients its place in the model needs),
-the loss, and the optimizer's update over all parameters run in their own TF graph loop, as the
-trainer runs them; their sum is what a step could cost if nothing else did. normbench's step is
-reported as a multiple of that sum."""
+"""The kernels one training step needs, each timed alone, against the step itself (for `normbench
+bench floor`). Each layer's forward and backward pass (the gradients its place in the model
+needs), the loss, and the optimizer's update over all parameters run in their own TF graph loop,
+as the trainer runs them; their sum is what a step could cost if nothing else did. normbench's
+step is reported as a multiple of that sum."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from normbench import data, layers, spec as specs, train
+from normbench import data, layers, optim, spec as specs, train
 from normbench.train import tf
 
 LOOP = 50  # steps per timed call: one host sync per call, as the trainer has
@@ -71,14 +71,14 @@ def _layer_kernel(layer, shape, first: bool, rng) -> Callable[[], list]:
 def measure(spec: specs.Spec, *, repeats: int = 5, peer: bool = False,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """The per-kernel times and normbench's step (ms) for the spec's model and batch; with
-    `peer`, the tuned PyTorch peer's kernels too (normbench.peers)."""
+    `peer`, the tuned PyTorch peer's kernels too (bench/peers.py)."""
     rng = np.random.default_rng(0)
     ds = data.load(spec.dataset)
     t = spec.train
     model, _ = train.initial_model(spec, ds.input_shape, ds.num_classes)
     fit = train.Fit(model, None, t)
     epochs, total, _ = fit.plan(len(ds.y_train))
-    fit.attach(train.make_optimizer(t, total, max(1, total // epochs)))
+    fit.attach(optim.make_optimizer(t, total, max(1, total // epochs)))
     batch = t.batch_size
     rows = []
     with layers.xla_kernels(fit.mode == "kernels"):
@@ -118,7 +118,7 @@ def measure(spec: specs.Spec, *, repeats: int = 5, peer: bool = False,
     found = {"model": model.name, "batch_size": batch, "compiled": fit.mode, "rows": rows,
              "kernels_ms": total, "step_ms": step, "ratio": step / total, "target": TARGET}
     if peer:
-        from normbench import peers
+        from normbench.bench import peers
         from normbench.errors import NormbenchError
 
         try:

@@ -1,0 +1,115 @@
+"""The executor registry and its one driver loop, with engines written in the test: an engine is
+one small class, and the loop (claims, saves, failures, Ctrl-C) is the same for all of them."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import pytest
+
+from normbench import api, cli, executors, grid, store
+from normbench.errors import NormbenchError
+from normbench.executors import Engine, Options
+
+SPEC = """name: ex
+dataset: mnist-10k
+model: {norm: {type: group, groups: 2}}
+train: {epochs: 1}
+seeds: 3
+"""
+
+
+@pytest.fixture
+def todo(tmp_path):
+    path = tmp_path / "ex.yaml"
+    path.write_text(SPEC)
+    return executors.plan(grid.load_runs(path), False, tmp_path / "r")
+
+
+def _record(make_record, item):
+    return make_record(run_id=item.run_id, name=item.spec.name, seed=item.spec.train.seed,
+                       spec_hash="s" * 64).model_dump_json()
+
+
+class Threads(Engine):
+    """An engine in a dozen lines: each run "trained" on a thread."""
+
+    name, title = "threads", "sweep (threads)"
+
+    def __init__(self, options, train):
+        super().__init__(options)
+        self.window, self.train = 2, train
+
+    def start(self):
+        self.pool = cf.ThreadPoolExecutor(self.window)
+
+    def submit(self, item):
+        return self.pool.submit(self.train, item)
+
+    def collect(self, handles, timeout):
+        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return [(f, f.exception() or f.result()) for f in done]
+
+    def close(self):
+        self.pool.shutdown()
+
+
+def test_every_registered_engine_is_a_choice_of_run_and_of_the_api(tmp_path):
+    assert [e.value for e in cli.Executor] == list(executors.ENGINES)
+    with pytest.raises(NormbenchError, match="choose local, ray, slurm"):
+        api.run({"name": "x"}, results=tmp_path, executor="dask")
+    with pytest.raises(NormbenchError, match="choose local, ray, slurm"):
+        executors.engine("dask", Options(tmp_path, False))
+    assert type(executors.engine("local", Options(tmp_path, False, jobs=1))).__name__ == "InProcess"
+    assert type(executors.engine("local", Options(tmp_path, False, jobs=2))).__name__ == "LocalPool"
+
+
+def test_a_new_engine_is_one_class_and_the_driver_saves_what_it_returns(todo, tmp_path, make_record):
+    results = tmp_path / "r"
+    failing = todo[1].run_id
+
+    def train(item):
+        if item.run_id == failing:
+            raise RuntimeError("simulated: the node went away")
+        return _record(make_record, item)
+
+    driver = executors.Driver(results, False, executors.now(), False)
+    outcome = driver.drive(Threads(Options(results, False), train), todo)
+    assert sorted(r.run_id for r in outcome.ran) == sorted(p.run_id for p in todo if p.run_id != failing)
+    assert outcome.failed == [(failing, "RuntimeError: simulated: the node went away")]
+    again = executors.plan([p.spec for p in todo], False, results)
+    assert [p.done for p in again] == [p.run_id != failing for p in todo]
+    assert all(store.claim(results, p.run_id) is not None for p in todo)  # every claim released
+
+
+def test_a_submission_that_raises_releases_its_claim(todo, tmp_path):
+    results = tmp_path / "r"
+
+    class Broken(Threads):
+        def submit(self, item):
+            raise NormbenchError("the cluster refused the job")
+
+    driver = executors.Driver(results, False, executors.now(), False)
+    with pytest.raises(NormbenchError, match="refused"):
+        driver.drive(Broken(Options(results, False), None), todo)
+    lock = store.claim(results, todo[-1].run_id)  # the first handed out, claimed, then released
+    assert lock is not None
+    lock.release()
+
+
+def test_ctrl_c_while_waiting_cancels_the_engine_and_counts_what_did_not_run(todo, tmp_path,
+                                                                            make_record):
+    results, cancelled = tmp_path / "r", []
+
+    class Interrupted(Threads):
+        def collect(self, handles, timeout):
+            raise KeyboardInterrupt
+
+        def cancel(self, handles):
+            cancelled.extend(handles)
+
+    driver = executors.Driver(results, False, executors.now(), False)
+    outcome = driver.drive(Interrupted(Options(results, False), lambda item: _record(make_record, item)),
+                           todo)
+    assert outcome.interrupted and outcome.not_started == 3 and len(cancelled) == 2
+    assert all(store.claim(results, p.run_id) is not None for p in todo)
