@@ -270,20 +270,39 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, *, durable: bool = True) -> None:
     """Replace `path` by `text` whole (a reader sees the old or the new file, never half), with
-    the permissions a plain open() would give under the umask (shared lab directories)."""
+    the permissions a plain open() would give under the umask (shared lab directories). With
+    `durable=False` the data is not forced to disk first (a progress line, rewritten each epoch)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def summaries_lock(results_dir: Path) -> FileLock:
+    """The lock every writer of summary.csv and summary.md holds (appends and rebuilds)."""
+    return FileLock(str(results_dir / ".summary.lock"))
+
+
+def append_lines(path: Path, text: str, *, header: str = "") -> None:
+    """Add whole lines to `path` in one write (`header` first when the file is new), under the
+    summaries' lock: a reader sees every line whole. Raises NormbenchError on a write error."""
+    try:
+        with summaries_lock(path.parent):
+            new = not path.exists()
+            with open(path, "a", encoding="utf-8", newline="") as f:
+                f.write(header + text if new else text)
+    except OSError as exc:
+        raise NormbenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def delete(results_dir: Path, rid: str) -> bool:

@@ -16,7 +16,6 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from filelock import FileLock
 
 from normbench import norms, stats, store
 from normbench.errors import NormbenchError
@@ -388,25 +387,14 @@ def fallback_note(records: Iterable[RunRecord]) -> str | None:
 
 def append_summary(results_dir: Path, record: RunRecord) -> None:
     """Add one run's row to summary.csv (header first if the file is new)."""
-    path = results_dir / "summary.csv"
-    try:
-        with FileLock(str(results_dir / ".summary.lock")):
-            new = not path.exists()
-            with open(path, "a", encoding="utf-8", newline="") as f:
-                f.write(_csv_lines(record, header=new))
-    except OSError as exc:
-        raise NormbenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
-
-
-def _csv_lines(record: RunRecord, *, header: bool) -> str:
-    text = to_csv([run_row(record)], list(RUN_COLUMNS))
-    return text if header else text.split("\n", 1)[1]
+    header, row = to_csv([run_row(record)], list(RUN_COLUMNS)).split("\n", 1)
+    store.append_lines(results_dir / "summary.csv", row, header=header + "\n")
 
 
 def write_summaries(results_dir: Path) -> list[tuple[str, str]]:
     """Rebuild summary.csv and summary.md from every run record; returns the entries skipped."""
     try:
-        with FileLock(str(results_dir / ".summary.lock")):
+        with store.summaries_lock(results_dir):
             records, skipped = store.load_records(results_dir)
             store.write_atomic(results_dir / "summary.csv",
                                to_csv([run_row(r) for r in records], list(RUN_COLUMNS)))  # stable

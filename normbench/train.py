@@ -24,7 +24,7 @@ from normbench.evaluate import (EVAL_BATCH, bn_evaluation, diverged_reason, eval
                                 precise_statistics)
 from normbench.models import build_model  # noqa: E402
 from normbench.optim import current_rate, make_optimizer, native_update  # noqa: E402
-from normbench.store import RunRecord, run_id  # noqa: E402
+from normbench.store import RunRecord, run_id, write_atomic  # noqa: E402
 
 log = logging.getLogger("normbench")
 
@@ -52,9 +52,7 @@ def environment() -> dict:
 def _write_status(path: Path | None, text: str) -> None:
     """'epoch E/N' for a sweep's progress display (atomic: the display never reads half)."""
     if path is not None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text, durable=False)
 
 
 # ---------------------------------------------------------------------------------------------
