@@ -9,7 +9,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional  # noqa: F401 - Optional: the generated bench commands' types
 
 import typer
 

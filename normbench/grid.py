@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from normbench.errors import NormbenchError
-from normbench.spec import Spec, for_smoke, spec_hash, validate
+from normbench.identity import spec_hash
+from normbench.spec import Spec, for_smoke, validate
 
 MAX_SPEC_BYTES = 1 << 20
 

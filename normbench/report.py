@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normbench import grid, spec as specs, stats, store, tables
+from normbench import grid, identity, stats, store, tables
 from normbench.errors import NormbenchError
 
 CHANCE_ERROR = 0.9  # 10 classes
@@ -109,7 +109,7 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -
     runs = [s for path in spec_files for s in grid.load_runs(path)]
     if smoke:
         runs = grid.smoke(runs)
-    wanted = {store.run_id(s.name, specs.spec_hash(s), smoke): s for s in runs}
+    wanted = {store.run_id(s.name, identity.spec_hash(s), smoke): s for s in runs}
     found = {rid: store.finished(results_dir, rid) for rid in wanted}
     records = [r for r in found.values() if r is not None]
     missing = [rid for rid, r in found.items() if r is None]

@@ -5,14 +5,9 @@ Reading YAML files, `-s` overrides and sweep expansion live in `grid.py`."""
 from __future__ import annotations
 
 import difflib
-import functools
-import hashlib
-import json
 import math
-import os
 import re
 import struct
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -432,99 +427,6 @@ def to_yaml(spec: Spec) -> str:
 # A field that changes nothing a run trains (tracking, saving, executor options) is declared with
 # Field(..., json_schema_extra=OUTSIDE_IDENTITY) and never enters a run id.
 OUTSIDE_IDENTITY = {"identity": False}
-
-
-@functools.lru_cache(maxsize=None)
-def _identity_fields(cls: type[BaseModel]) -> tuple[tuple[str, Any], ...]:
-    """(name, default) of each field of `cls` that belongs to a run's identity."""
-    fields = []
-    for name, field in cls.model_fields.items():
-        extra = field.json_schema_extra
-        if not (isinstance(extra, dict) and extra.get("identity") is False):
-            fields.append((name, field.get_default(call_default_factory=True)))
-    return tuple(fields)
-
-
-def identity(model: BaseModel) -> dict:
-    """The fields of `model` (recursively) that make a run what it is: every field that differs
-    from its declared default, less those declared OUTSIDE_IDENTITY. A new field added at its
-    default therefore leaves every existing run id unchanged (it must default to the value that
-    reproduces the old behaviour, resolved, e.g. None for 'off')."""
-    out = {}
-    for name, default in _identity_fields(type(model)):
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            nested = identity(value)
-            if nested:
-                out[name] = nested
-        elif not (value == default and type(value) is type(default)):  # True == 1, not alike
-            out[name] = value
-    return out
-
-
-def spec_hash(spec: Spec, *, without_seed: bool = False) -> str:
-    """sha256 of the spec's identity (optionally without the seed): the experiment's identity.
-    A user's data file (npz:PATH) and model factory enter it by content: the file's sha256 and
-    the factory module's source sha256 (editing either makes new runs)."""
-    data = identity(spec)
-    if without_seed and "train" in data:
-        data["train"].pop("seed", None)
-        if not data["train"]:
-            del data["train"]
-    content = contents(spec)
-    if content:
-        data["content"] = content
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def contents(spec: Spec) -> dict[str, str]:
-    """sha256 of what a spec names outside itself: {"dataset": ..., "factory": ...}."""
-    out = {}
-    if spec.dataset.startswith(NPZ_PREFIX):
-        out["dataset"] = _file_sha256(Path(spec.dataset[len(NPZ_PREFIX):]).expanduser())
-    if spec.model.arch == "custom":
-        out["factory"] = _file_sha256(factory_source(spec.model.factory))
-    return out
-
-
-def factory_source(factory: str) -> Path:
-    """The file defining a factory's module, found without importing the module itself (the
-    current directory is searched too, as `python -m` does)."""
-    import importlib.util
-    import sys
-
-    module = factory.partition(":")[0]
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as exc:
-        raise NormbenchError(f"model.factory {factory!r}: cannot find module {module!r} ({exc})") from None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
-    if found is None or not found.origin or not os.path.isfile(found.origin):
-        raise NormbenchError(f"model.factory {factory!r}: no module {module!r} on the Python path "
-                             "(or in the current directory)")
-    return Path(found.origin)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256_cached(path: str, mtime_ns: int, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    try:
-        stat = path.stat()
-        return _file_sha256_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    except OSError as exc:
-        raise NormbenchError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def first_norm_channels(model: ModelSpec) -> int | None:

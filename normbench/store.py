@@ -155,7 +155,7 @@ def run_dir(results_dir: Path, rid: str) -> Path:
 
 
 def run_id(name: str, spec_hash: str, smoke: bool) -> str:
-    """The run's identity: the spec name and a hash of its spec identity (spec.identity: the
+    """The run's identity: the spec name and a hash of its spec identity (identity.of: the
     fields that differ from their defaults, seed included) and of the smoke flag."""
     digest = hashlib.sha256(f"{spec_hash}:{'smoke' if smoke else 'full'}".encode()).hexdigest()
     return f"{name}-{digest[:12]}"

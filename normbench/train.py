@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import normbench  # noqa: E402
-from normbench import data, layers, norms, spec as specs  # noqa: E402
+from normbench import data, identity, layers, norms, spec as specs  # noqa: E402
 from normbench.errors import NormbenchError  # noqa: E402
 from normbench.evaluate import (EVAL_BATCH, bn_evaluation, diverged_reason, evaluate,  # noqa: E402
                                 precise_statistics)
@@ -381,11 +381,11 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     if fit.fallback:
         warnings.append(fit.fallback)
     learning_rate = t.effective_learning_rate
-    spec_hash = specs.spec_hash(spec)
+    spec_hash = identity.spec_hash(spec)
     return RunRecord(
         run_id=run_id(spec.name, spec_hash, smoke), name=spec.name,
         status="diverged" if reason else "finished", diverged_reason=reason,
-        spec_hash=spec_hash, config_hash=specs.spec_hash(spec, without_seed=True),
+        spec_hash=spec_hash, config_hash=identity.spec_hash(spec, without_seed=True),
         smoke=smoke, dataset=ds.provenance, norm_type=spec.model.norm.type,
         norm_groups=norms.effective_groups(spec.model.norm.type, spec.model.norm.groups,
                                            specs.first_norm_channels(spec.model)),
@@ -400,4 +400,4 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         warnings=warnings, history=history,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
         bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
-        optimizer_steps=fit.done_steps, saved_model=saved, contents=specs.contents(spec) or None)
+        optimizer_steps=fit.done_steps, saved_model=saved, contents=identity.contents(spec) or None)

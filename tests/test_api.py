@@ -62,7 +62,7 @@ def test_run_trains_a_dict_spec_with_a_sweep_and_resumes(results):
 
 
 def test_a_spec_file_and_a_spec_object_give_the_cli_run_ids(tmp_path):
-    from normbench import grid, spec as specs, store
+    from normbench import grid, identity, store
 
     path = ROOT / "configs" / "groupnorm.yaml"
     (one,) = grid.load_runs(path)
@@ -70,8 +70,8 @@ def test_a_spec_file_and_a_spec_object_give_the_cli_run_ids(tmp_path):
 
     for given in (path, str(path), one, one.model_dump(mode="json")):
         (g,) = api.grids_of(given)
-        assert [store.run_id(s.name, specs.spec_hash(s), False) for s in g.runs] == \
-            [store.run_id(one.name, specs.spec_hash(one), False)]
+        assert [store.run_id(s.name, identity.spec_hash(s), False) for s in g.runs] == \
+            [store.run_id(one.name, identity.spec_hash(one), False)]
 
 
 def test_bad_input_raises_normbench_error_not_system_exit(tmp_path):

@@ -45,7 +45,7 @@ def test_norms_without_a_peer_are_refused():
 
 
 def test_bench_train_measures_the_study_model_against_the_peer(tmp_path):
-    from normbench.bench import common, floor, train as bench_train
+    from normbench.bench import common, train as bench_train
 
     found = bench_train.bench_train(epochs=2, seeds=1, batch_size=64, peers=("torch",),
                               config=common.CONFIGS / "bench" / "vgg_sgd.yaml",
@@ -80,7 +80,7 @@ def test_the_peer_warms_up_as_normbench_and_refuses_other_schedules():
 
 
 def test_bench_train_refuses_a_spec_without_a_peer_before_measuring_anything():
-    from normbench.bench import common, floor, train as bench_train
+    from normbench.bench import train as bench_train
 
     said = []
     for override in ("model.norm.type=instance", "train.optimizer=rmsprop"):
@@ -91,7 +91,7 @@ def test_bench_train_refuses_a_spec_without_a_peer_before_measuring_anything():
 
 
 def test_bench_floor_keeps_normbenchs_side_where_the_peer_has_no_such_norm():
-    from normbench.bench import common, floor, train as bench_train
+    from normbench.bench import floor
 
     found = floor.bench_floor(batch_sizes=(4,), repeats=1, overrides=("model.norm.type=instance",),
                               log=lambda line: None)

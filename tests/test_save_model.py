@@ -20,7 +20,7 @@ def cli(*args):
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_saved_models_predict_what_the_runs_evaluated(tmp_path, jobs):
-    from normbench import data, evaluate as evaluation, layers, train
+    from normbench import data, evaluate as evaluation, layers
 
     spec = tmp_path / "s.yaml"
     spec.write_text("name: s\ndataset: mnist-10k\nsweep:\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench import grid, norms, spec as specs
+from normbench import grid, identity, norms, spec as specs
 from normbench.errors import NormbenchError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -86,9 +86,9 @@ def test_groups_follow_conv_filters_override(tmp_path):
 def test_hashes(tmp_path):
     a = load_text(tmp_path, "name: a\n")
     b = load_text(tmp_path, "name: a\n", "train.seed=1")
-    assert specs.spec_hash(a) != specs.spec_hash(b)
-    assert specs.spec_hash(a, without_seed=True) == specs.spec_hash(b, without_seed=True)
-    assert specs.spec_hash(a) == specs.spec_hash(load_text(tmp_path, "name: a\n"))
+    assert identity.spec_hash(a) != identity.spec_hash(b)
+    assert identity.spec_hash(a, without_seed=True) == identity.spec_hash(b, without_seed=True)
+    assert identity.spec_hash(a) == identity.spec_hash(load_text(tmp_path, "name: a\n"))
 
 
 def test_resolved_yaml_round_trips(tmp_path):
@@ -199,8 +199,8 @@ def test_run_ids_are_pinned():
     from normbench import store
 
     spec = grid.load(CONFIGS[0].parent / "groupnorm.yaml", ["dataset=mnist-10k", "train.epochs=3"])
-    assert store.run_id(spec.name, specs.spec_hash(spec), False) == "groupnorm-af23cbceea5a"
-    assert specs.identity(spec) == {"name": "groupnorm", "dataset": "mnist-10k",
+    assert store.run_id(spec.name, identity.spec_hash(spec), False) == "groupnorm-af23cbceea5a"
+    assert identity.of(spec) == {"name": "groupnorm", "dataset": "mnist-10k",
                                     "model": {"widths": None, "norm": {"momentum": None}},
                                     "train": {"epochs": 3}}
 
@@ -225,12 +225,12 @@ def test_a_new_field_at_its_default_keeps_every_run_id(tmp_path):
     for config in CONFIGS:
         for old in grid.load_runs(config)[:6]:
             new = NewSpec.model_validate(specs.to_dict(old))
-            assert specs.spec_hash(new) == specs.spec_hash(old), config.name
-            assert specs.spec_hash(new, without_seed=True) == specs.spec_hash(old, without_seed=True)
+            assert identity.spec_hash(new) == identity.spec_hash(old), config.name
+            assert identity.spec_hash(new, without_seed=True) == identity.spec_hash(old, without_seed=True)
             tracked = new.model_copy(update={"train": new.train.model_copy(update={"track_to": "x"})})
-            assert specs.spec_hash(tracked) == specs.spec_hash(old)  # outside the identity
+            assert identity.spec_hash(tracked) == identity.spec_hash(old)  # outside the identity
             changed = new.model_copy(update={"train": new.train.model_copy(update={"future_option": 2})})
-            assert specs.spec_hash(changed) != specs.spec_hash(old)
+            assert identity.spec_hash(changed) != identity.spec_hash(old)
 
 
 def test_a_results_directory_from_before_a_new_field_resumes_with_nothing_to_do(tmp_path):

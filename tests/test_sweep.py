@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CliRunner
 
-from normbench import executors, grid, spec as specs, store
+from normbench import executors, grid, identity, spec as specs, store
 from normbench.executors import local, ray_engine
 from normbench.cli import app
 from normbench.errors import NormbenchError
@@ -82,10 +82,10 @@ def test_bad_sweep_option(tmp_path):
 
 def test_run_ids_are_content_hashes(tmp_path):
     a, b = grid.load_runs(write(tmp_path))[:2]
-    rid = store.run_id(a.name, specs.spec_hash(a), False)
-    assert rid == store.run_id(a.name, specs.spec_hash(grid.load_runs(write(tmp_path))[0]), False)
-    assert rid != store.run_id(b.name, specs.spec_hash(b), False)  # seed differs
-    assert rid != store.run_id(a.name, specs.spec_hash(a), True)  # smoke differs
+    rid = store.run_id(a.name, identity.spec_hash(a), False)
+    assert rid == store.run_id(a.name, identity.spec_hash(grid.load_runs(write(tmp_path))[0]), False)
+    assert rid != store.run_id(b.name, identity.spec_hash(b), False)  # seed differs
+    assert rid != store.run_id(a.name, identity.spec_hash(a), True)  # smoke differs
     assert rid.startswith("sw-") and len(rid) == len("sw-") + 12
 
 

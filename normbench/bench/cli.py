@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from normbench import console, grid, spec as specs
+from normbench import console, grid, identity, spec as specs
 from normbench.bench.common import CONFIGS, Option, median
 from normbench.errors import NormbenchError
 
@@ -49,10 +49,10 @@ def fake_record(spec: specs.Spec, i: int):
     """The record a finished run of `spec` would leave (numbers made up; shapes real)."""
     from normbench import norms, store
 
-    h = specs.spec_hash(spec)
+    h = identity.spec_hash(spec)
     return store.RunRecord.model_validate({
         **_template_record(), "run_id": store.run_id(spec.name, h, False), "name": spec.name,
-        "spec_hash": h, "config_hash": specs.spec_hash(spec, without_seed=True),
+        "spec_hash": h, "config_hash": identity.spec_hash(spec, without_seed=True),
         "norm_type": spec.model.norm.type,
         "norm_groups": norms.effective_groups(spec.model.norm.type, spec.model.norm.groups, 10),
         "batch_size": spec.train.batch_size, "seed": spec.train.seed,

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from normbench import spec as specs, store
+from normbench import identity, spec as specs, store
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
     `spec_files` (each run's spec file) goes into the records' provenance."""
     out, seen = [], set()
     for i, spec in enumerate(runs):
-        rid = store.run_id(spec.name, hashes[i] if hashes else specs.spec_hash(spec), smoke)
+        rid = store.run_id(spec.name, hashes[i] if hashes else identity.spec_hash(spec), smoke)
         if rid in seen:
             continue
         seen.add(rid)
