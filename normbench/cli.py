@@ -87,15 +87,6 @@ def main_options(
     logger.propagate = False
 
 
-# The terminal shows the columns people read; md/csv/json (and summary files) carry them all.
-TABLE_GROUP = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "diverged",
-               "test_acc_mean", "test_acc_ci95", "test_err_mean", "test_loss_mean",
-               "first_epoch_s", "steady_epoch_s", "samples_per_s", "note")
-TABLE_RUNS = ("run_id", "status", "dataset", "smoke", "norm", "impl_used", "epochs", "batch_size",
-              "seed", "test_accuracy", "test_loss", "first_epoch_s", "steady_samples_per_s",
-              "diverged_reason", "model")
-
-
 # --executor's choices: the engines registered in normbench.executors, in their order.
 Executor = Enum("Executor", {name: name for name in executors.ENGINES}, type=str)
 
@@ -185,7 +176,7 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
     for rid, why in outcome.tracking_errors:
         console.note(f"tracking {rid} failed (the run is saved): {why}")
     if outcome.ran:
-        console.show(tables.group_rows(outcome.ran), TABLE_GROUP, "This invocation")
+        console.show(tables.group_rows(outcome.ran), tables.TERMINAL_GROUP_COLUMNS, "This invocation")
     if done.summaries:
         say(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
     diverged = sum(r.status == "diverged" for r in outcome.ran)
@@ -265,25 +256,12 @@ def compare(results_dir: Path = RESULTS,
     checks = gates.parse(fail_under, tables.RUN_COLUMNS if runs else tables.GROUP_COLUMNS)
     records, skipped = store.load_records(results_dir)
     records = tables.where(records, filters)
-    if runs:
-        rows, columns, shown = [tables.run_row(r) for r in records], tables.RUN_COLUMNS, TABLE_RUNS
-        title = f"{len(records)} run(s) in {results_dir}; accuracy in %"
-    else:
-        rows, columns, shown = tables.group_rows(records), tables.GROUP_COLUMNS, TABLE_GROUP
-        title = (f"{len(records)} run(s) in {results_dir}; accuracy and error in %, "
-                 "CIs in percentage points")
-        if baseline:
-            rows = tables.with_baseline(rows, baseline)
-            columns = shown = columns[:-2] + ("baseline", "delta_acc", "p_value", "note")
-        if by:
-            rows, columns = tables.pivot(rows, by)
-            shown = tuple(columns)
-            title = (f"test error % ± 95% CI half-width (points), n = finished runs, by {by}; "
-                     f"{len(records)} run(s) in {results_dir}")
+    view = tables.compare_view(records, str(results_dir), runs=runs, baseline=baseline, by=by)
+    rows = view.rows
     if format is Format.table:
-        console.show(rows, shown, title)
+        console.show(rows, view.shown, view.title)
     else:
-        console.out.print(tables.render(rows, columns, format.value), end="", soft_wrap=True)
+        console.out.print(tables.render(rows, view.columns, format.value), end="", soft_wrap=True)
     note = tables.fallback_note(records)
     if note:
         console.note(f"note: {note}")

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +33,14 @@ GROUP_COLUMNS = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "
                  "test_acc_mean", "test_acc_std", "test_acc_ci95", "test_acc_best",
                  "test_err_mean", "test_err_ci95", "test_loss_mean", "first_epoch_s",
                  "steady_epoch_s", "samples_per_s", "best", "note")
+
+# The terminal shows the columns people read; md/csv/json (and summary files) carry them all.
+TERMINAL_GROUP_COLUMNS = ("name", "config", "dataset", "smoke", "norm", "impl", "runs", "diverged",
+                          "test_acc_mean", "test_acc_ci95", "test_err_mean", "test_loss_mean",
+                          "first_epoch_s", "steady_epoch_s", "samples_per_s", "note")
+TERMINAL_RUN_COLUMNS = ("run_id", "status", "dataset", "smoke", "norm", "impl_used", "epochs",
+                        "batch_size", "seed", "test_accuracy", "test_loss", "first_epoch_s",
+                        "steady_samples_per_s", "diverged_reason", "model")
 
 # Columns shown only when some row needs them.
 OPTIONAL_COLUMNS = {"diverged": lambda v: bool(v), "note": lambda v: bool(v),
@@ -354,6 +363,36 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+@dataclass
+class View:
+    """What `normbench compare` shows: rows, every column (md/csv/json), the terminal's columns."""
+
+    rows: list[dict]
+    columns: tuple[str, ...]
+    shown: tuple[str, ...]
+    title: str
+
+
+def compare_view(records: list[RunRecord], source: str, *, runs: bool = False,
+                 baseline: str | None = None, by: str | None = None) -> View:
+    """Per run, or per experiment (seeds grouped) with a `baseline`'s differences or pivoted
+    `by` a field; `source` names where the records came from, in the title."""
+    if runs:
+        return View([run_row(r) for r in records], RUN_COLUMNS, TERMINAL_RUN_COLUMNS,
+                    f"{len(records)} run(s) in {source}; accuracy in %")
+    rows, columns, shown = group_rows(records), GROUP_COLUMNS, TERMINAL_GROUP_COLUMNS
+    title = f"{len(records)} run(s) in {source}; accuracy and error in %, CIs in percentage points"
+    if baseline:
+        rows = with_baseline(rows, baseline)
+        columns = shown = columns[:-2] + ("baseline", "delta_acc", "p_value", "note")
+    if by:
+        rows, pivoted = pivot(rows, by)
+        columns = shown = tuple(pivoted)
+        title = (f"test error % ± 95% CI half-width (points), n = finished runs, by {by}; "
+                 f"{len(records)} run(s) in {source}")
+    return View(rows, tuple(columns), tuple(shown), title)
 
 
 def render(rows: list[dict], columns: Iterable[str], fmt_name: str) -> str:

@@ -316,7 +316,7 @@ def test_the_terminal_table_keeps_every_number_visible(make_record, width):
                             config_hash="d" * 64, test_accuracy=0.8512,
                             spec={"model": {"norm": {"type": "batch"}}, "train": {"seed": 0}}))
     rows = tables.group_rows(recs)
-    from normbench.cli import TABLE_GROUP
+    from normbench.tables import TERMINAL_GROUP_COLUMNS as TABLE_GROUP
 
     buffer = io.StringIO()
     term = Console(file=buffer, width=width, markup=False, emoji=False)
