@@ -261,7 +261,7 @@ def compare(results_dir: Path = RESULTS,
     if format is Format.table:
         console.show(rows, view.shown, view.title)
     else:
-        console.out.print(tables.render(rows, view.columns, format.value), end="", soft_wrap=True)
+        console.raw(tables.render(rows, view.columns, format.value))
     note = tables.fallback_note(records)
     if note:
         console.note(f"note: {note}")

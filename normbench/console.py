@@ -2,6 +2,8 @@
 
 Text that comes from users, files or libraries (paths, spec names, warnings, error messages) may
 hold `[...]` or `:name:`; it is never read as rich markup or emoji. Styles are applied by code.
+Control and bidi characters in it (a record's ESC sequences) are printed as escapes
+(`tables.printable`), never raw.
 """
 
 from __future__ import annotations
@@ -40,22 +42,32 @@ def tolerate_any_encoding() -> None:
             pass
 
 
+def _text(text: str, **kwargs) -> Text:
+    return Text(tables.printable(str(text)), **kwargs)
+
+
 def say(text: str) -> None:
     """A line on stdout, literally."""
-    out.print(Text(text), soft_wrap=True)
+    out.print(_text(text), soft_wrap=True)
 
 
 def note(text: str) -> None:
     """A line on stderr, literally."""
-    err.print(Text(text), soft_wrap=True)
+    err.print(_text(text), soft_wrap=True)
 
 
 def error(text: str) -> None:
-    err.print(Text(f"error: {text}"), soft_wrap=True)
+    err.print(_text(f"error: {text}"), soft_wrap=True)
 
 
 def warning(text: str) -> None:
-    err.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
+    err.print(Text.assemble(("warning:", "yellow"), " ", _text(text)), soft_wrap=True)
+
+
+def raw(text: str) -> None:
+    """Ready-made output (csv, json, md) on stdout, as it is but for control characters."""
+    out.file.write(tables.printable(text))
+    out.file.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +90,7 @@ DROP_ORDER = ("first_epoch_s", "steady_epoch_s", "samples_per_s", "steady_sample
 
 
 def _cell(column: str, value: Any) -> str:
-    text = tables.fmt(column, value)
+    text = tables.printable(tables.fmt(column, value), newlines=False)
     if column in ("test_acc_mean", "test_acc_best", "test_err_mean", "test_accuracy"):
         return text.rstrip("%")  # the header says %
     if column.endswith("_ci95") or column == "test_acc_std":
@@ -95,11 +107,11 @@ def _is_text(column: str, rows: list[dict]) -> bool:
 
 
 def _build(rows: list[dict], columns: list[str], cells: dict[str, list[str]], title: str) -> Table:
-    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD,
+    table = Table(title=_text(title), title_justify="left", box=box.SIMPLE_HEAD,
                   safe_box=True)
     for column in columns:
         text = _is_text(column, rows)
-        table.add_column(Text(HEADERS.get(column, column)), justify="left" if text else "right",
+        table.add_column(_text(HEADERS.get(column, column)), justify="left" if text else "right",
                          no_wrap=not text, overflow="fold")
     for i, row in enumerate(rows):
         table.add_row(*(Text(cells[c][i]) for c in columns),
@@ -144,18 +156,19 @@ MAX_TABLE_ROWS = 500  # beyond this, listings are plain lines: rich lays tables 
 
 def lines(title: str, body: list[str]) -> None:
     """A long listing, written as plain lines (literal text, no layout)."""
-    out.file.write(title + "\n" + "\n".join(body) + "\n")
+    out.file.write(tables.printable("\n".join([title, *(line.replace("\n", " ") for line in body)]))
+                   + "\n")
     out.file.flush()
 
 
 def plain_table(title: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
     """A table of ready-made strings (benchmarks): first column text, the rest numbers."""
-    built = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, safe_box=True)
+    built = Table(title=_text(title), title_justify="left", box=box.SIMPLE_HEAD, safe_box=True)
     for i, column in enumerate(columns):
-        built.add_column(Text(column), justify="left" if i == 0 else "right", no_wrap=i != 0,
+        built.add_column(_text(column), justify="left" if i == 0 else "right", no_wrap=i != 0,
                          overflow="fold")
     for row in rows:
-        built.add_row(*(Text(str(c)) for c in row))
+        built.add_row(*(_text(c) for c in row))
     out.print(built)
 
 

@@ -289,18 +289,29 @@ def bn_modes_table(study: Study) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _h(text: str) -> str:
+    """Text for the HTML page: escaped, and control or bidi characters of records shown as
+    escapes (tables.printable)."""
+    return html.escape(tables.printable(str(text)))
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell: one line, `|` escaped, control and bidi characters as escapes."""
+    return tables.printable(str(text), newlines=False).replace("|", "\\|")
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(_md, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def _html_table(head: list[str], rows: list[list[str]], *, table_id: str | None = None,
                 row_ids: list[str] | None = None) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    cells = "".join(f"<th>{_h(h)}</th>" for h in head)
     ids = row_ids or [None] * len(rows)
     body = "".join((f'<tr id="{i}">' if i else "<tr>")
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   + "".join(f"<td>{_h(c)}</td>" for c in r) + "</tr>"
                    for r, i in zip(rows, ids))
     table = f'<table id="{table_id}">' if table_id else "<table>"
     return f'<div class="scroll">{table}<thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>'
@@ -359,7 +370,7 @@ nav{display:flex;flex-wrap:wrap;gap:.25rem 1rem}
 def _image(path: Path) -> str:
     kind = "svg+xml" if path.suffix == ".svg" else "png"
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/{kind};base64,{data}">'
+    return f'<img alt="{_h(path.stem)}" src="data:image/{kind};base64,{data}">'
 
 
 def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = None) -> list[Path]:
@@ -401,10 +412,10 @@ def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = 
     if study.missing:
         md += ["", f"Missing runs ({len(study.missing)}): " + ", ".join(study.missing[:20])
                + (" ..." if len(study.missing) > 20 else "")]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "report.html").write_text(_page(study, sentences, found, note, head, rows, error_png,
-                                           curves_png, p_rows, bn_head, bn_rows, cmp_head,
-                                           cmp_rows, protocol, facts))
+    store.write_atomic(out / "report.md", tables.printable("\n".join(md) + "\n"))
+    store.write_atomic(out / "report.html", _page(study, sentences, found, note, head, rows,
+                                                  error_png, curves_png, p_rows, bn_head, bn_rows,
+                                                  cmp_head, cmp_rows, protocol, facts))
     return [out / "report.md", out / "report.html", error_png, curves_png]
 
 
@@ -414,26 +425,26 @@ def _page(study, sentences, found, note, head, rows, error_png, curves_png, p_ro
     up = '<a class="up" href="#summary">↑ summary</a>'
     sections = [("results", "Results"), ("curves", "Learning curves"), ("paper", "The paper"),
                 ("bn", "BN statistics"), ("comparisons", "Comparisons"), ("how", "How this was run")]
-    nav = "".join(f'<a href="#{i}">{html.escape(t)}</a>' for i, t in sections)
-    items = "".join(f'<li>{html.escape(s)} <a href="#cmp-{k}">details</a></li>'
+    nav = "".join(f'<a href="#{i}">{_h(t)}</a>' for i, t in sections)
+    items = "".join(f'<li>{_h(s)} <a href="#cmp-{k}">details</a></li>'
                     for k, s in enumerate(sentences)) or "<li>(no comparison has two paired seeds yet)</li>"
     cmp_table = _html_table(cmp_head, cmp_rows, row_ids=[f"cmp-{k}" for k in range(len(cmp_rows))])
     missing = (f"<p class=note>{len(study.missing)} run(s) of the study are not finished; this "
                "report covers the rest.</p>" if study.missing else "")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(study.name)}</title><style>{CSS}</style></head><body>
-<h1>{html.escape(study.name)}</h1>
-<p>{html.escape(study.context)}. Metric: {html.escape(study.metric)}.</p>{missing}
+<title>{_h(study.name)}</title><style>{CSS}</style></head><body>
+<h1>{_h(study.name)}</h1>
+<p>{_h(study.context)}. Metric: {_h(study.metric)}.</p>{missing}
 <nav>{nav}</nav>
 <h2 id="summary">Summary</h2><ul>{items}</ul>
-<h2 id="results">Results{up}</h2><p class=note>{html.escape(f'Rows: norm; columns: {study.x_label}. {note}')}</p>
+<h2 id="results">Results{up}</h2><p class=note>{_h(f'Rows: norm; columns: {study.x_label}. {note}')}</p>
 {_html_table(head, rows, table_id="headline")}<p>{_image(error_png)}</p>
 <h2 id="curves">Learning curves{up}</h2><p>{_image(curves_png)}</p>
 <h2 id="paper">The paper (Table 2, ImageNet val error %){up}</h2>{_html_table(p_rows[0], p_rows[1:])}
 <h2 id="bn">BatchNorm's test-time statistics (test error %){up}</h2>{_html_table(bn_head, bn_rows) if bn_rows else '<p>No BatchNorm runs.</p>'}
 <h2 id="comparisons">Paired comparisons{up}</h2>{cmp_table}
-<h2 id="how">How this was run{up}</h2><pre>{html.escape(protocol)}</pre>
-<ul>{''.join(f'<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>' if k == 'commands' else f'<li>{html.escape(k)}: {html.escape(v)}</li>' for k, v in facts.items())}</ul>
+<h2 id="how">How this was run{up}</h2><pre>{_h(protocol)}</pre>
+<ul>{''.join(f'<li>{_h(k)}: <code>{_h(v)}</code></li>' if k == 'commands' else f'<li>{_h(k)}: {_h(v)}</li>' for k, v in facts.items())}</ul>
 </body></html>
 """

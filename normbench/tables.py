@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,13 +336,29 @@ def shown_columns(rows: list[dict], columns: Iterable[str], *, data: bool = Fals
             if c not in optional or any(OPTIONAL_COLUMNS[c](row.get(c)) for row in rows)]
 
 
+# C0 and C1 control characters (ESC starts terminal sequences) and the Unicode bidi controls
+# (an override reorders what a reader sees): record text never reaches a terminal or a document raw.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, newlines: bool = True) -> str:
+    """`text` with control and bidi characters shown as escapes (ESC as `\\x1b`, U+202E as
+    `\\u202e`); tabs kept, and newlines unless `newlines` is False (a table cell)."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    text = _UNSAFE.sub(escape, text)
+    return text if newlines else text.replace("\n", "\\n")
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return printable(text, newlines=False).replace("|", "\\|")
 
 
 def to_markdown(rows: list[dict], columns: Iterable[str]) -> str:
     columns = list(columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [_md_cell(fmt(c, row.get(c))) for c in columns]
         if row.get("best"):
@@ -450,7 +467,7 @@ def write_summaries(results_dir: Path) -> list[tuple[str, str]]:
                                shown_columns([run_row(r) for r in records], RUN_COLUMNS))]
             if skipped:
                 md += ["## Skipped", ""] + [f"- `{name}`: {why}" for name, why in skipped]
-            store.write_atomic(results_dir / "summary.md", "\n".join(md) + "\n")
+            store.write_atomic(results_dir / "summary.md", printable("\n".join(md) + "\n"))
     except OSError as exc:
         raise NormbenchError(f"results directory {results_dir}: cannot write the summaries "
                              f"({exc.strerror or exc}: {exc.filename or ''})") from None

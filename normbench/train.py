@@ -1,4 +1,11 @@
-"""run_one(spec) -> RunRecord: seed, build, fit, evaluate and time one experiment."""
+"""run_one(spec) -> RunRecord: seed, build, fit, evaluate and time one experiment.
+
+Reading order: `run_one` (at the end: data, model, optimizer, fit, evaluate, the record) calls
+`Fit.run`, the epoch loop in Python (shuffle, one graph call per `steps_per_execution` steps, the
+per-epoch history), whose graph is `_Loop.steps` (gather, forward, backward, update, inside one
+tf.while_loop). `Fit._call` only stands between them to retry a first call that XLA cannot
+compile. The optimizer comes from optim.py, evaluation and PreciseBN from evaluate.py.
+"""
 
 from __future__ import annotations
 
