@@ -233,13 +233,18 @@ def _row_value(row: dict, path: str) -> Any:
     return row["spec"][path]
 
 
+# Spec fields outside a run's identity (spec.OUTSIDE_IDENTITY): labels, not what was trained.
+OUTSIDE_IDENTITY = ("tags", "slurm.", "train.save_model")
+
+
 def with_baseline(rows: list[dict], baseline: str) -> list[dict]:
     """Add delta_acc (mean accuracy minus the baseline's, in points when shown) and Welch's
     p_value to each row.
 
     `baseline` is a spec name or FIELD=VALUE[,FIELD=VALUE]. Each row is compared with the matching
     experiment that agrees with it on every other field (same dataset and smoke flag), e.g.
-    --baseline model.norm.type=batch compares GN at batch 2 with BN at batch 2."""
+    --baseline model.norm.type=batch compares GN at batch 2 with BN at batch 2; a row without
+    exactly one such experiment gets no difference (baseline empty), never a near one."""
     if "=" in baseline:
         filters = parse_filters(baseline.split(","), "--baseline")
         matching = [r for r in rows if all(matches(_row_value(r, p), v, p) for p, v in filters)]
@@ -249,16 +254,18 @@ def with_baseline(rows: list[dict], baseline: str) -> list[dict]:
     if not matching:
         raise NormbenchError(f"--baseline {baseline!r} matches no experiment")
     for row in rows:
-        # The closest matching experiment: most spec fields equal, the baseline's own aside
-        # (fields a norm does not use, such as groups for BN, differ with it and are not counted).
-        def agreement(m: dict) -> int:
-            return sum(m["spec"].get(p) == v for p, v in row["spec"].items()
-                       if p not in free and v is not None and m["spec"].get(p) is not None)
+        # The matching experiment that agrees on every other field: the same spec name, learning
+        # rate, epochs ... (fields one of the two norms does not use, such as groups for BN, are
+        # None there and not compared; nor are the labels outside a run's identity).
+        def differs(m: dict) -> bool:
+            return any(row["spec"].get(p) != m["spec"].get(p)
+                       for p in set(row["spec"]) | set(m["spec"])
+                       if p not in free and not p.startswith(OUTSIDE_IDENTITY)
+                       and row["spec"].get(p) is not None and m["spec"].get(p) is not None)
 
-        peers = [m for m in matching if (m["dataset"], m["smoke"]) == (row["dataset"], row["smoke"])]
-        best = max(map(agreement, peers), default=None)
-        closest = [m for m in peers if agreement(m) == best]
-        base = closest[0] if len(closest) == 1 else None
+        peers = [m for m in matching if (m["dataset"], m["smoke"]) == (row["dataset"], row["smoke"])
+                 and not differs(m)]
+        base = peers[0] if len(peers) == 1 else None
         if base is None or not row["accuracies"] or not base["accuracies"]:
             row.update(baseline=None if base is None else (base["config"] or base["name"]),
                        delta_acc=None, p_value=None)

@@ -96,3 +96,36 @@ def test_plot_writes_pngs(sweep_dir, tmp_path):
     assert files == ["bs-batch_size.png", "bs-learning.png"]
     assert all((out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / f).stat().st_size > 10_000
                for f in files)
+
+
+def test_baseline_never_pairs_runs_that_differ_in_another_field(tmp_path, make_record):
+    """GN at lr 0.003 has no BN baseline when BN ran at lr 0.001 only, nor when BN at 0.003 is
+    another spec's; once BN at lr 0.003 of the same spec exists, that is the one it is compared
+    with."""
+    def save(where, name, norm, lr, seed, acc):
+        spec = {"name": name, "dataset": "mnist-10k",
+                "model": {"arch": "tutorial", "norm": {"type": norm, "groups": 5 if norm == "group" else None}},
+                "train": {"batch_size": 32, "seed": seed, "learning_rate": lr}}
+        rid = f"{name}-{abs(hash((norm, lr, seed))) % 16 ** 12:012x}"
+        store.save(make_record(run_id=rid, name=name, norm_type=norm, seed=seed, test_accuracy=acc,
+                               spec=spec, config_hash=f"{name}{norm}{lr}"), "x\n", where)
+
+    def gn_row(where):
+        done = CliRunner().invoke(app, ["compare", "--results", str(where), "--baseline",
+                                        "model.norm.type=batch", "--format", "json"])
+        assert done.exit_code == 0, done.output
+        return next(r for r in json.loads(done.stdout) if r["norm"] == "group")
+
+    other_lr, other_name = tmp_path / "lr", tmp_path / "name"
+    for seed in range(2):
+        save(other_lr, "lr", "group", 0.003, seed, 0.95 + seed / 100)
+        save(other_lr, "lr", "batch", 0.001, seed, 0.90)
+        save(other_name, "lr", "group", 0.003, seed, 0.95 + seed / 100)
+        save(other_name, "other", "batch", 0.003, seed, 0.80)
+    for where in (other_lr, other_name):
+        gn = gn_row(where)
+        assert gn["baseline"] is None and gn["delta_acc"] is None, where.name
+    for seed in range(2):
+        save(other_lr, "lr", "batch", 0.003, seed, 0.93)
+    gn = gn_row(other_lr)
+    assert gn["delta_acc"] == pytest.approx(0.955 - 0.93) and "learning_rate=0.003" in gn["baseline"]
