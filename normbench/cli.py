@@ -238,12 +238,21 @@ def compare(results_dir: Path = RESULTS,
                                               "baseline (points) and Welch's t-test p-value."),
             fail_under: List[str] = typer.Option([], "--fail-under", metavar="COLUMN=VALUE",
                                                  help="CI gate: exit 1 if a shown experiment (or "
-                                                      "run, with --runs) is below VALUE in COLUMN "
-                                                      "(a fraction, e.g. test_acc_mean=0.93) or "
-                                                      "has no finished run. Repeatable."),
+                                                      "run, with --runs) is below VALUE in a "
+                                                      "higher-is-better COLUMN (a fraction, e.g. "
+                                                      "test_acc_mean=0.93), has no finished run "
+                                                      "or a diverged one. Repeatable."),
+            fail_over: List[str] = typer.Option([], "--fail-over", metavar="COLUMN=VALUE",
+                                                help="CI gate for lower-is-better columns (error, "
+                                                     "loss, seconds): exit 1 if above VALUE, e.g. "
+                                                     "test_err_mean=0.07. Repeatable."),
+            allow_diverged: bool = typer.Option(False, "--allow-diverged",
+                                                help="Gate an experiment's finished runs even if "
+                                                     "some of its runs diverged (by default such "
+                                                     "an experiment fails)."),
             junit_xml: Path = typer.Option(None, "--junit-xml", metavar="PATH",
                                            help="Write a JUnit XML report: one testcase per "
-                                                "experiment (or run), failed by --fail-under.")) -> None:
+                                                "experiment (or run), failed by the gates.")) -> None:
     """Compare finished runs: experiments (runs that differ only by seed) with n, mean, std and a
     95% Student-t confidence interval of test accuracy and error (reads only). Diverged runs are
     counted, never averaged in."""
@@ -251,9 +260,10 @@ def compare(results_dir: Path = RESULTS,
 
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
-    if (fail_under or junit_xml) and by:
-        raise NormbenchError("--fail-under and --junit-xml check experiments or runs, not a --by pivot")
-    checks = gates.parse(fail_under, tables.RUN_COLUMNS if runs else tables.GROUP_COLUMNS)
+    if (fail_under or fail_over or junit_xml) and by:
+        raise NormbenchError("--fail-under, --fail-over and --junit-xml check experiments or runs, "
+                             "not a --by pivot")
+    checks = gates.parse(fail_under, tables.RUN_COLUMNS if runs else tables.GROUP_COLUMNS, fail_over)
     records, skipped = store.load_records(results_dir)
     records = tables.where(records, filters)
     view = tables.compare_view(records, str(results_dir), runs=runs, baseline=baseline, by=by)
@@ -269,21 +279,15 @@ def compare(results_dir: Path = RESULTS,
         console.note(f"skipped {name}: {why}")
     if not (checks or junit_xml):
         return
-    verdicts = gates.judge(rows, checks, runs)
+    verdicts = gates.judge(rows, checks, runs, allow_diverged=allow_diverged)
     if junit_xml:
         gates.junit_xml(verdicts, junit_xml)
         console.note(f"wrote {junit_xml}")
-    failed = [v for v in verdicts if v.failures]
-    for v in failed:
-        console.note(f"FAIL {v.label}: " + "; ".join(v.failures))
-    if checks and not verdicts:
-        console.note("FAIL: no runs to check (nothing matches)")
+    lines, passed = gates.outcome(verdicts, checks, runs)
+    for line in lines:
+        console.note(line)
+    if not passed:
         raise typer.Exit(1)
-    if failed:
-        raise typer.Exit(1)
-    if checks:
-        console.note(f"passed: {len(verdicts)} {'run(s)' if runs else 'experiment(s)'} at or above "
-                     + ", ".join(f"{g.column}={g.threshold:g}" for g in checks))
 
 
 class Target(str, Enum):
