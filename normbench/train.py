@@ -303,6 +303,12 @@ def _is_norm(layer) -> bool:
     return "Normalization" in type(layer).__name__
 
 
+def _changed(contents: dict) -> str:
+    """What a spec names outside itself, for a message: 'the npz data or the model factory'."""
+    names = {"dataset": "the npz data file", "factory": "the model factory's source"}
+    return " or ".join(names[k] for k in contents) or "the spec's files"
+
+
 def initial_model(spec: specs.Spec, input_shape: tuple[int, ...] = specs.IMAGE_SHAPE,
                   num_classes: int = 10):
     """(model, made norm): the spec's model with its seed's initial weights. Norm layers draw no
@@ -314,12 +320,20 @@ def initial_model(spec: specs.Spec, input_shape: tuple[int, ...] = specs.IMAGE_S
 
 
 def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
-            status_path: Path | None = None, model_path: Path | None = None) -> RunRecord:
+            status_path: Path | None = None, model_path: Path | None = None,
+            planned_hash: str | None = None) -> RunRecord:
     """Train and evaluate one spec (with smoke=True, pass spec.for_smoke(spec)). With
     `model_path`, the trained model is saved there (Keras format) with the BN statistics the
     headline test accuracy used (moving or PreciseBN's).
 
     Training stops at the first NaN/Inf loss; the run is then recorded as 'diverged'."""
+    # What the spec names outside itself (npz data, a model factory) is hashed once, here: the
+    # record is saved under this identity, and the run fails if the files change meanwhile.
+    contents = identity.contents(spec)
+    spec_hash = identity.spec_hash(spec)
+    if planned_hash is not None and spec_hash != planned_hash:
+        raise RuntimeError(f"{_changed(contents)} changed since the run was planned; run again")
+    config_hash = identity.spec_hash(spec, without_seed=True)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     ds = data.load(spec.dataset, smoke=smoke)
@@ -388,11 +402,13 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     if fit.fallback:
         warnings.append(fit.fallback)
     learning_rate = t.effective_learning_rate
-    spec_hash = identity.spec_hash(spec)
+    if identity.contents(spec) != contents:
+        raise RuntimeError(f"{_changed(contents)} changed while the run trained: not saved (its "
+                           "record would name data or code it did not train with); run again")
     return RunRecord(
         run_id=run_id(spec.name, spec_hash, smoke), name=spec.name,
         status="diverged" if reason else "finished", diverged_reason=reason,
-        spec_hash=spec_hash, config_hash=identity.spec_hash(spec, without_seed=True),
+        spec_hash=spec_hash, config_hash=config_hash,
         smoke=smoke, dataset=ds.provenance, norm_type=spec.model.norm.type,
         norm_groups=norms.effective_groups(spec.model.norm.type, spec.model.norm.groups,
                                            specs.first_norm_channels(spec.model)),
@@ -407,4 +423,4 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         warnings=warnings, history=history,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
         bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
-        optimizer_steps=fit.done_steps, saved_model=saved, contents=identity.contents(spec) or None)
+        optimizer_steps=fit.done_steps, saved_model=saved, contents=contents or None)

@@ -117,3 +117,49 @@ def test_a_bad_npz_is_one_error_line(npz, tmp_path, change, fragment):
     done = cli("run", spec, "--smoke", "-q", "--results", tmp_path / "r")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert fragment in done.stderr, done.stderr
+
+
+SWAPPING = '''import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, {examples!r})
+from custom_model import build as real_build
+
+
+def build(norm, shape, classes):
+    """Called after the data is loaded and hashed: the file is replaced under the running run
+    (or, with SWAP_SOURCE, this module's own source is edited)."""
+    if os.environ.get("SWAP_SOURCE"):
+        with open(__file__, "a") as f:
+            f.write("\\n# edited while the run trained\\n")
+    else:
+        with np.load(os.environ["SWAP_NPZ"]) as f:
+            arrays = dict(f)
+        arrays["y_test"] = (arrays["y_test"] + 1) % 3
+        np.savez(os.environ["SWAP_NPZ"], **arrays)
+    return real_build(norm, shape, classes)
+'''
+
+
+@pytest.mark.parametrize("swap", ["npz", "source"])
+def test_a_file_replaced_while_a_run_trains_fails_the_run_and_saves_nothing(npz, tmp_path, swap):
+    """The run id is the plan's, hashed once: a data file or factory module changed under a
+    running run fails it (saved under another experiment's id, a dry run would call it done)."""
+    data = tmp_path / "data.npz"
+    data.write_bytes(npz.read_bytes())
+    (tmp_path / "swapper.py").write_text(SWAPPING.format(examples=str(ROOT / "examples")))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: swap\ndataset: 'npz:{data}'\nmodel: {{arch: custom, factory: "
+                    "'swapper:build', norm: {type: group, groups: 8}}\ntrain: {epochs: 1}\n")
+    env = {**__import__("os").environ, "SWAP_NPZ": str(data), **({"SWAP_SOURCE": "1"} if swap == "source" else {})}
+    planned = cli("run", spec, "--dry-run", "--results", tmp_path / "r", cwd=tmp_path).stdout
+    done = subprocess.run([sys.executable, "-m", "normbench", "run", str(spec), "-q", "--results",
+                           str(tmp_path / "r")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 1 and "changed while the run trained" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "r" / "runs").glob("swap-*/metrics.json"))
+    again = cli("run", spec, "--dry-run", "--results", tmp_path / "r", cwd=tmp_path).stdout
+    assert "1 to run, 0 finished" in again and "1 to run, 0 finished" in planned

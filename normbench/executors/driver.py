@@ -159,13 +159,14 @@ class Driver:
 
 
 def train_task(spec_dict: dict, smoke: bool, status: str | None = None,
-               model: str | None = None) -> str:
+               model: str | None = None, spec_hash: str | None = None) -> str:
     """Train one run in a worker process, Ray task or Slurm job; the record comes back as JSON
-    (the model, when asked for, as a file at `model`)."""
+    (the model, when asked for, as a file at `model`). `spec_hash` is the plan's: the run fails
+    if what the spec names (npz data, a model factory) changed since."""
     from normbench import train  # imports TensorFlow, in the process that trains
 
     spec = specs.Spec.model_validate(spec_dict)
     record = train.run_one(spec, smoke=smoke, quiet=True,
                            status_path=Path(status) if status else None,
-                           model_path=Path(model) if model else None)
+                           model_path=Path(model) if model else None, planned_hash=spec_hash)
     return record.model_dump_json()

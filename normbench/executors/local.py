@@ -56,7 +56,7 @@ class InProcess(Engine):
             future.set_result(train.run_one(
                 item.spec, smoke=self.options.smoke, quiet=self.options.quiet,
                 status_path=status_path(self.options.results_dir, item.run_id),
-                model_path=model_path(self.options.results_dir, item)))
+                model_path=model_path(self.options.results_dir, item), planned_hash=item.spec_hash))
         except Exception as exc:  # one broken run must not stop the sweep (the driver decides)
             future.set_exception(exc)
         return future
@@ -125,7 +125,7 @@ class LocalPool(Engine):
         model = model_path(self.options.results_dir, item)
         return self.pool.submit(train_task, specs.to_dict(item.spec), self.options.smoke,
                                 str(status_path(self.options.results_dir, item.run_id)),
-                                None if model is None else str(model))
+                                None if model is None else str(model), item.spec_hash)
 
     def collect(self, handles, timeout):
         finished, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)

@@ -16,6 +16,7 @@ class Planned:
     done: bool  # a finished (or diverged) record already exists
     fallback: bool = False  # ... but it trained on other data than the spec asked for
     spec_file: str | None = None  # where the spec came from (provenance), if a file
+    spec_hash: str | None = None  # as planned: the trainer fails the run if it changed since
 
 
 def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
@@ -27,14 +28,15 @@ def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
     `spec_files` (each run's spec file) goes into the records' provenance."""
     out, seen = [], set()
     for i, spec in enumerate(runs):
-        rid = store.run_id(spec.name, hashes[i] if hashes else identity.spec_hash(spec), smoke)
+        spec_hash = hashes[i] if hashes else identity.spec_hash(spec)
+        rid = store.run_id(spec.name, spec_hash, smoke)
         if rid in seen:
             continue
         seen.add(rid)
         record = store.finished(results_dir, rid)
         fallback = record is not None and record.dataset.fallback
         out.append(Planned(spec, rid, record is not None and not (retry_fallback and fallback),
-                           fallback, spec_files[i] if spec_files else None))
+                           fallback, spec_files[i] if spec_files else None, spec_hash))
     return out
 
 

@@ -41,12 +41,13 @@ def connection_error(address: str | None, exc: BaseException) -> NormbenchError:
     return NormbenchError(f"--executor ray: cannot reach Ray at {where}: {first}")
 
 
-def _task(spec_dict: dict, smoke: bool, model: str | None = None) -> str:
+def _task(spec_dict: dict, smoke: bool, model: str | None = None,
+          spec_hash: str | None = None) -> str:
     from normbench import train
 
     train.configure_threads(1)  # Ray places one task per CPU it was given
     # a saved model goes to the results directory's file system (a shared one on a cluster)
-    return train_task(spec_dict, smoke, None, model)
+    return train_task(spec_dict, smoke, None, model, spec_hash)
 
 
 class RayEngine(Engine):
@@ -85,7 +86,7 @@ class RayEngine(Engine):
     def submit(self, item):
         model = model_path(self.options.results_dir, item)
         return self.task.remote(specs.to_dict(item.spec), self.options.smoke,
-                                None if model is None else str(model))
+                                None if model is None else str(model), item.spec_hash)
 
     def collect(self, handles, timeout):
         import ray

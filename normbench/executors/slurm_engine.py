@@ -53,7 +53,7 @@ class SlurmEngine(Engine):
     def submit(self, item):
         model = model_path(self.options.results_dir, item)
         return self.executor.submit(train_task, specs.to_dict(item.spec), self.options.smoke,
-                                    None, None if model is None else str(model))
+                                    None, None if model is None else str(model), item.spec_hash)
 
     def collect(self, handles, timeout):
         finished = [job for job in handles if job.done()]
