@@ -104,6 +104,26 @@ def _facet(r: store.RunRecord, varying: bool) -> str:
     return f"depth {depth} ({tables.value_label(widths)})"
 
 
+def _config(r: store.RunRecord) -> dict:
+    """The fields that make a record's experiment: its flattened spec less seed and labels."""
+    return {k: v for k, v in tables.flat_spec(r.spec).items()
+            if k != "train.seed" and not k.startswith(tables.OUTSIDE_IDENTITY)}
+
+
+def _other_fields(records: list[store.RunRecord], key) -> list[str]:
+    """Fields that differ between runs the layout (norm, x, depth) would put in one cell: each
+    becomes part of the facet, so every run counts in the cell of its own configuration."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_key.setdefault(key(r), []).append(_config(r))
+    fields = set()
+    for configs in by_key.values():
+        for name in set().union(*configs):
+            if len({tables.value_label(c.get(name)) for c in configs}) > 1:
+                fields.add(name)
+    return sorted(fields)
+
+
 def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -> Study:
     """The runs the spec files describe, found in the results directory by run id."""
     runs = [s for path in spec_files for s in grid.load_runs(path)]
@@ -118,10 +138,23 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -
                              f"{results_dir}: run them first (normbench run ...)")
     x_label, x_of = _x_axis(records)
     depths = {tables.value_label(tables.flat_spec(r.spec).get("model.widths")) for r in records}
+
+    def layout(r):
+        return r.norm_type, x_of(r), _facet(r, len(depths) > 1)
+
+    others = _other_fields(records, layout)
     cells: dict[tuple, Cell] = {}
     for r in records:
-        key = (r.norm_type, x_of(r), _facet(r, len(depths) > 1))
-        cells.setdefault(key, Cell(*key)).runs[r.seed] = r
+        norm, x, depth = layout(r)
+        config = _config(r)
+        facet = ", ".join([depth] * bool(depth) + [f"{name.rsplit('.', 1)[-1]}="
+                                                   f"{tables.value_label(config.get(name))}"
+                                                   for name in others])
+        cell = cells.setdefault((norm, x, facet), Cell(norm, x, facet))
+        if r.seed in cell.runs:  # the layout lost a field: never let one run hide another
+            raise NormbenchError(f"report: runs {cell.runs[r.seed].run_id} and {r.run_id} fall in "
+                                 "one cell; report their specs separately")
+        cell.runs[r.seed] = r
     order = sorted(cells.values(), key=lambda c: (c.facet, c.norm, tables.sort_key(c.x)))
     periodic = any(r.test_error_median5 is not None for r in records)
     metric = ("test error (%): median of the last 5 per-epoch evaluations (the paper's metric)"

@@ -77,3 +77,28 @@ def test_report_refuses_an_empty_results_directory(tmp_path):
     (tmp_path / "r").mkdir()
     done = cli("report", SMOKE[0], "--results", tmp_path / "r")
     assert done.returncode == 2 and "no finished runs" in done.stderr
+
+
+@pytest.mark.parametrize("axis, values", [("train.optimizer", "[adam, sgd]"),
+                                          ("train.learning_rate", "[0.001, 1000.0]")])
+def test_every_run_counts_in_the_cell_of_its_own_configuration(tmp_path, axis, values):
+    """A sweep over a field the layout does not show (optimizer, learning rate) gets a cell per
+    value: before, the runs of one value overwrote the other's in a single cell."""
+    pytest.importorskip("matplotlib")
+    from normbench import grid, store
+    from normbench.bench.cli import fake_record
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: axes\ndataset: mnist-10k\nseeds: 2\nsweep:\n  {axis}: {values}\n")
+    runs = grid.load_runs(spec)
+    for i, run in enumerate(runs):
+        store.save(fake_record(run, i), "x\n", tmp_path / "r")
+    done = cli("report", spec, "--results", tmp_path / "r", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    table = md.split("## Results", 1)[1].split("![", 1)[0]
+    cells = re.findall(r"\(n=(\d+)", table)
+    assert sorted(map(int, cells)) == [2, 2], table  # 4 runs, none hidden
+    name = axis.rsplit(".", 1)[-1]
+    for value in values.strip("[]").split(", "):
+        assert f"{name}={value}" in table, table
