@@ -64,3 +64,38 @@ def test_a_tf_keras_2_hdf5_file_loads_on_keras_3_through_normbench():
     x = np.load(SAVED / "keras2_x.npy")
     np.testing.assert_allclose(model.predict(x, verbose=0), np.load(SAVED / "keras2_y.npy"),
                                rtol=1e-5, atol=1e-5)
+
+
+def _archive_like(tmp_path, name, members):
+    """A copy of this stack's .keras file with members replaced or added."""
+    (source,) = [p for p in _files() if p.suffix == ".keras"]
+    out = tmp_path / name
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if item.filename not in members:
+                dst.writestr(item, src.read(item))
+        for member, data in members.items():
+            dst.writestr(member, data)
+    return out
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """A 200 MiB member of zeros (0.2 MB in the archive) is refused from its header, in one line,
+    without being read into memory (it was: 3 GiB of zeros took 3.8 GB)."""
+    import resource
+
+    bomb = _archive_like(tmp_path, "bomb.keras", {"padding.bin": bytes(200 << 20)})
+    assert bomb.stat().st_size < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="padding.bin.*decompression bomb"):
+        layers.load_model(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 << 10  # KiB: < 100 MiB
+
+
+@pytest.mark.parametrize("config, said", [(b"{not json", "not valid JSON"),
+                                          (b"[" * 100_000 + b"]" * 100_000, "nested too deeply")])
+def test_a_config_that_is_not_json_or_nested_too_deeply_is_one_clear_error(tmp_path, config, said):
+    bad = _archive_like(tmp_path, "bad.keras", {"config.json": config})
+    with pytest.raises(ValueError, match=said) as info:
+        layers.load_model(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)

@@ -73,35 +73,75 @@ def _translate_config(node, reshaped: set | None = None):
     return node
 
 
+# Untrusted files: a member that inflates past MAX_MEMBER_BYTES at more than MAX_RATIO times its
+# compressed size is a decompression bomb (3 MB of zeros became 3 GiB); config.json is parsed
+# whole, so it has a cap of its own.
+MAX_CONFIG_BYTES = 64 << 20
+MAX_MEMBER_BYTES = 64 << 20
+MAX_RATIO = 100
+
+
+def _config_of(path, raw) -> dict | None:
+    """The parsed model config, or ValueError saying in one line why it cannot be read."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{path}: its model config is nested too deeply to read") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: its model config is not valid JSON ({exc})") from None
+
+
+def _translate(path, config, reshaped: set):
+    try:
+        return _translate_config(config, reshaped)
+    except RecursionError:
+        raise ValueError(f"{path}: its model config is nested too deeply to read") from None
+
+
+def _check_members(path, infos) -> None:
+    for info in infos:
+        if info.filename == "config.json" and info.file_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: config.json is {info.file_size >> 20} MiB; a model config "
+                             f"is at most {MAX_CONFIG_BYTES >> 20} MiB")
+        if info.file_size > MAX_MEMBER_BYTES and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            raise ValueError(f"{path}: member {info.filename!r} inflates {info.compress_size:,} "
+                             f"bytes to {info.file_size:,} (a decompression bomb?); not loaded")
+
+
 def _translated_copy(path, directory):
-    """A copy of the saved model at `path` whose config names normbench's layers."""
+    """A copy of the saved model at `path` whose config names normbench's layers. Members are
+    streamed, never read whole into memory (but config.json, which is capped)."""
     import h5py  # Keras's own dependency; only this path needs it
 
     copy = Path(directory) / Path(path).name
     reshaped: set = set()
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            items = [(item, archive.read(item)) for item in archive.infolist()]
-        config = next((json.loads(d) for i, d in items if i.filename == "config.json"), None)
-        translated = _translate_config(config, reshaped) if config is not None else None
-        with zipfile.ZipFile(copy, "w") as out:
-            for item, data in items:
+        with zipfile.ZipFile(path) as archive, zipfile.ZipFile(copy, "w") as out:
+            infos = archive.infolist()
+            _check_members(path, infos)
+            names = [i.filename for i in infos]
+            config = _config_of(path, archive.read("config.json")) if "config.json" in names else None
+            translated = _translate(path, config, reshaped) if config is not None else None
+            for item in infos:
                 if item.filename == "config.json":
-                    data = json.dumps(translated).encode()
+                    out.writestr(item, json.dumps(translated).encode())
                 elif item.filename.endswith(".h5") and reshaped:
                     weights = Path(directory) / "weights.h5"
-                    weights.write_bytes(data)
+                    with archive.open(item) as src, open(weights, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
                     with h5py.File(weights, "r+") as f:
                         _flatten_weights(f, reshaped)
-                    data = weights.read_bytes()
-                out.writestr(item, data)
+                    out.write(weights, item.filename, compress_type=item.compress_type)
+                else:
+                    with archive.open(item) as src, out.open(item, "w") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
     elif h5py.is_hdf5(path):
         shutil.copyfile(path, copy)
         with h5py.File(copy, "r+") as f:
             if "model_config" in f.attrs:
                 raw = f.attrs["model_config"]
-                config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-                f.attrs["model_config"] = json.dumps(_translate_config(config, reshaped))
+                config = _config_of(path, raw.decode() if isinstance(raw, bytes) else raw)
+                f.attrs["model_config"] = json.dumps(_translate(path, config, reshaped))
                 _flatten_weights(f, reshaped)
     else:
         raise ValueError(f"{path}: neither a .keras archive nor an HDF5 file")
