@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,12 @@ def _file_sha256_cached(path: str, mtime_ns: int, size: int) -> str:
 
 
 def _file_sha256(path: Path) -> str:
+    """sha256 of a file a spec names: a link to it is fine, but it must be a regular file (a FIFO
+    would block, /dev/zero never end)."""
     try:
-        stat = path.stat()
-        return _file_sha256_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise NormbenchError(f"{path}: not a regular file")
+        return _file_sha256_cached(str(path.resolve()), info.st_mtime_ns, info.st_size)
     except OSError as exc:
         raise NormbenchError(f"{path}: cannot read it ({exc.strerror or exc})") from None

@@ -9,11 +9,13 @@ by field, and one that fails is skipped with a reason, never trusted and never c
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -161,6 +163,46 @@ def run_id(name: str, spec_hash: str, smoke: bool) -> str:
     return f"{name}-{digest[:12]}"
 
 
+MAX_RECORD_BYTES = 16 << 20  # a metrics.json of 100,000 epochs is ~15 MB
+
+
+class NotRegular(OSError):
+    """A path inside a results directory that is not a plain file (a link, a FIFO, a device)."""
+
+
+def read_regular(path: Path, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes, opened without
+    following a link and without blocking (a FIFO or /dev/zero in its place is refused, never
+    waited on or read for ever). NotRegular or FileNotFoundError/OSError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegular(f"{path.name} is a symbolic link (not followed)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegular(f"{path.name} is not a regular file")
+        if info.st_size > limit:
+            raise NotRegular(f"{path.name} is {info.st_size >> 20} MiB (at most {limit >> 20} MiB)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise NotRegular(f"{path.name} grew past {limit >> 20} MiB while read")
+    return data
+
+
+def is_regular(path: Path) -> bool:
+    """Whether `path` is a regular file itself (a link to one is not)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def inspect(entry: Path) -> tuple[RunRecord | None, str | None]:
     """(record, None) for a complete, valid run directory; else (None, why it is not one).
 
@@ -172,9 +214,11 @@ def inspect(entry: Path) -> tuple[RunRecord | None, str | None]:
         return None, "not a run directory"
     metrics = entry / "metrics.json"
     try:
-        raw = metrics.read_bytes()
+        raw = read_regular(metrics)
     except FileNotFoundError:
         return None, "no metrics.json"
+    except NotRegular as exc:
+        return None, f"unusable metrics.json: {exc}"
     except OSError as exc:
         return None, f"unreadable metrics.json: {exc.strerror or exc}"
     try:
@@ -185,8 +229,8 @@ def inspect(entry: Path) -> tuple[RunRecord | None, str | None]:
         return None, f"invalid metrics.json: {where}: {first['msg']} ({exc.error_count()} error(s))"
     except ValueError as exc:
         return None, f"invalid metrics.json: {str(exc).splitlines()[0][:120]}"
-    if not (entry / "spec.yaml").is_file():
-        return None, "no spec.yaml (a run directory is written whole)"
+    if not is_regular(entry / "spec.yaml"):
+        return None, "no spec.yaml (a run directory is written whole; a link is not followed)"
     if record.run_id != entry.name:
         return None, f"its metrics.json is for run {record.run_id!r}"
     return record, None
@@ -295,14 +339,23 @@ def summaries_lock(results_dir: Path) -> FileLock:
 
 def append_lines(path: Path, text: str, *, header: str = "") -> None:
     """Add whole lines to `path` in one write (`header` first when the file is new), under the
-    summaries' lock: a reader sees every line whole. Raises NormbenchError on a write error."""
+    summaries' lock: a reader sees every line whole. A link or other non-regular file in its
+    place is never written through. Raises NormbenchError on a write error."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_NONBLOCK", 0)
     try:
         with summaries_lock(path.parent):
-            new = not path.exists()
-            with open(path, "a", encoding="utf-8", newline="") as f:
-                f.write(header + text if new else text)
+            fd = os.open(path, flags, 0o666)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise NotRegular(f"{path.name} is not a regular file")
+                os.write(fd, (header + text if info.st_size == 0 else text).encode("utf-8"))
+            finally:
+                os.close(fd)
     except OSError as exc:
-        raise NormbenchError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        why = "a symbolic link (not followed)" if exc.errno == errno.ELOOP else exc.strerror or exc
+        raise NormbenchError(f"{path}: cannot write ({why})") from None
 
 
 def delete(results_dir: Path, rid: str) -> bool:

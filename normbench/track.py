@@ -107,7 +107,11 @@ class MLflow:
         metrics += [Metric(f"final.{k}", v, stamp, 0) for k, v in final_metrics(record).items()]
         for i in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limits
             self.client.log_batch(rid, metrics=metrics[i:i + 100], params=params[i:i + 100])
-        self.client.log_artifacts(rid, str(run_dir))
+        own = ["spec.yaml", "history.csv", "metrics.json"] + [record.saved_model] * bool(
+            record.saved_model)
+        for name in own:  # the run's own files only: a link to a system file is not uploaded
+            if store.is_regular(run_dir / name):
+                self.client.log_artifact(rid, str(run_dir / name))
         self.client.set_terminated(rid, status="FINISHED" if record.status == "finished" else "FAILED",
                                    end_time=stamp)
         self.logged += 1

@@ -497,3 +497,71 @@ def test_control_and_bidi_characters_in_records_are_escaped_wherever_they_are_sh
     for text in outputs:
         assert not any(c in text for c in "\x1b\x07\u202e\u2066"), repr(text[:300])
     assert any("\\x1b" in text for text in outputs) and any("\\u202e" in text for text in outputs)
+
+
+def _one_run(tmp_path, make_record) -> Path:
+    store.save(make_record(), "a\n", tmp_path)
+    return tmp_path / "runs" / make_record().run_id
+
+
+def test_a_fifo_or_device_as_a_record_is_skipped_not_waited_on(tmp_path, make_record):
+    """A FIFO as metrics.json hung compare for ever (and run's summary rebuild, under the lock);
+    a link to /dev/zero ate memory. Both are skipped with their reason, in seconds."""
+    run = _one_run(tmp_path, make_record)
+    (run / "metrics.json").unlink()
+    os.mkfifo(run / "metrics.json")
+    other = tmp_path / "runs" / "gn-0123456789ac"
+    shutil.copytree(run, other, symlinks=True, ignore=lambda d, names: ["metrics.json"])
+    (other / "metrics.json").symlink_to("/dev/zero")
+    done = cli("compare", "--results", tmp_path, timeout=60)
+    assert done.returncode == 0
+    assert "not a regular file" in done.stderr and "symbolic link (not followed)" in done.stderr
+    rebuild = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                              "from normbench import tables; tables.write_summaries(Path(sys.argv[1]))",
+                              str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert rebuild.returncode == 0, rebuild.stderr
+
+
+def test_links_inside_a_run_directory_are_not_followed(tmp_path, make_record):
+    """summary.csv linked outside gets no row appended; a spec.yaml link makes the run damaged."""
+    outside = tmp_path / "outside.csv"
+    outside.write_text("mine\n")
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "summary.csv").symlink_to(outside)
+    with pytest.raises(NormbenchError, match="symbolic link"):
+        tables.append_summary(results, make_record())
+    assert outside.read_text() == "mine\n"
+    run = _one_run(results, make_record)
+    (run / "spec.yaml").unlink()
+    (run / "spec.yaml").symlink_to(outside)
+    assert store.inspect(run) == (None, "no spec.yaml (a run directory is written whole; a link is "
+                                        "not followed)")
+
+
+def test_export_uploads_only_the_runs_own_files(tmp_path, make_record):
+    """history.csv linked to a system file was copied into MLflow's artifacts (off the machine,
+    for a remote server): a link is not uploaded, the run's plain files are."""
+    mlflow = pytest.importorskip("mlflow")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for a remote server\n")
+    run = _one_run(tmp_path / "r", make_record)
+    (run / "history.csv").unlink()
+    (run / "history.csv").symlink_to(secret)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    done = cli("export", "mlflow", "--results", tmp_path / "r", cwd=tmp_path,
+               env={"MLFLOW_TRACKING_URI": uri}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    client = mlflow.tracking.MlflowClient(uri)
+    (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"metrics.json", "spec.yaml"}
+
+
+def test_an_npz_that_is_a_fifo_or_a_device_is_one_error_line(tmp_path):
+    fifo = tmp_path / "data.npz"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/zero")):
+        spec = tmp_path / "s.yaml"
+        spec.write_text(f"name: f\ndataset: 'npz:{target}'\n")
+        done = cli("validate", spec, timeout=60)
+        assert done.returncode == 2 and "not a regular file" in done.stderr, done.stderr
