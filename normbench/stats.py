@@ -57,6 +57,21 @@ def t_ppf(q: float, df: float) -> float:
     return (lo + hi) / 2.0
 
 
+def mean(values: list[float]) -> float | None:
+    """The mean of any floats, never raising: +inf and -inf together give NaN, one kind of
+    infinity gives it, and finite values too large to sum (1.7e308 twice) are averaged without
+    overflow. None for no values."""
+    values = list(values)
+    if not values:
+        return None
+    if any(math.isnan(v) for v in values) or (math.inf in values and -math.inf in values):
+        return math.nan
+    if math.inf in values or -math.inf in values:
+        return math.inf if math.inf in values else -math.inf
+    n = len(values)
+    return math.fsum(v / n for v in values)
+
+
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
     """(mean, sample std, half-width of the Student-t confidence interval); None for n < 2."""
     n = len(values)

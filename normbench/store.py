@@ -9,6 +9,7 @@ by field, and one that fails is skipped with a reason, never trusted and never c
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import errno
 import hashlib
 import io
@@ -33,14 +34,36 @@ FINAL = ("finished", "diverged")  # statuses that count as done: a sweep does no
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "time_s", "val_loss", "val_accuracy",
                    "test_loss", "test_accuracy", "learning_rate")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-Seconds = Annotated[float, Field(ge=0.0)]
-Count = Annotated[int, Field(ge=0)]
+# Readers add these up: finite and below 1e12 (31,700 years, or samples/s no machine reaches)
+Seconds = Annotated[float, Field(ge=0.0, le=1e12)]
+Count = Annotated[int, Field(ge=0, le=2 ** 63)]  # what JSON readers and MLflow can hold
+MAX_TEXT = 1 << 16  # characters of any string in a record (a 10 MB one took rich minutes to lay out)
+MAX_DEPTH = 32  # nesting of the free-form spec and env
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> None:
+    """A free-form record field (spec, env) holds JSON values readers can handle, or ValueError."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {MAX_DEPTH}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _plain(key, where, depth + 1)
+            _plain(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _plain(item, where, depth + 1)
+    elif isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"{where}: a string of {len(value):,} characters")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2 ** 63:
+        raise ValueError(f"{where}: an integer of {len(str(abs(value)))} digits")
 
 
 class _Strict(BaseModel):
     # Unknown keys are ignored (newer versions may add fields); known ones must have their type:
     # no strings for numbers, no booleans for accuracies. NaN losses round-trip as NaN.
-    model_config = ConfigDict(extra="ignore", strict=True, ser_json_inf_nan="constants")
+    model_config = ConfigDict(extra="ignore", strict=True, ser_json_inf_nan="constants",
+                              str_max_length=MAX_TEXT)
 
 
 class DatasetInfo(_Strict):
@@ -139,6 +162,41 @@ class RunRecord(_Strict):
     # sha256 of what the spec names outside itself (npz data file, custom model factory's module
     # source); they are part of the run id
     contents: dict[Literal["dataset", "factory"], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = None
+
+    @field_validator("started", "finished")
+    @classmethod
+    def _iso_time(cls, value: str) -> str:
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not an ISO date and time") from None
+        return value
+
+    @field_validator("spec", "env")
+    @classmethod
+    def _free_form(cls, value: dict) -> dict:
+        _plain(value, "")
+        return value
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_fields_readers_use(cls, value: dict) -> dict:
+        """The spec fields compare, plot, rm and the trackers read by name have their types."""
+        tags = value.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("tags: expected a list of strings")
+        for section, fields in (("train", ("batch_size", "seed", "epochs")), ("model", ())):
+            part = value.get(section, {})
+            if not isinstance(part, dict):
+                raise ValueError(f"{section}: expected a mapping")
+            for name in fields:
+                item = part.get(name, 0)
+                if not isinstance(item, int) or isinstance(item, bool):
+                    raise ValueError(f"{section}.{name}: expected an integer, got {item!r:.40}")
+        norm = value.get("model", {}).get("norm", {})
+        if not isinstance(norm, dict) or not isinstance(norm.get("type", ""), str):
+            raise ValueError("model.norm: expected a mapping with a type name")
+        return value
 
     @field_validator("run_id")
     @classmethod

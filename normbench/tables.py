@@ -13,7 +13,6 @@ import io
 import json
 import math
 import re
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -128,8 +127,7 @@ def group_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
         n_div = len(rs) - len(done)
         note = (f"all {n_div} run(s) diverged" if not done else "") if n_div else ""
 
-        def avg(values: list[float]) -> float | None:
-            return statistics.fmean(values) if values else None
+        avg = stats.mean  # timings and losses: infinite or huge values must not break a table
 
         rows.append({
             "name": name, "config": ", ".join(f"{p}={value_label(flats[key][p])}"

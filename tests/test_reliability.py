@@ -475,14 +475,14 @@ def test_a_loss_that_blew_up_in_the_first_call_is_diverged():
     assert "uniform guess" in evaluation.diverged_reason(None, 2.1e22, 2.2e22, 1.3e6, 0.134)
 
 
-HOSTILE = "mnist\x1b[2J\x1b]0;pwned\x07\u202eevil\u2066"  # clear screen, set title, bidi override
+HOSTILE_TEXT = "mnist\x1b[2J\x1b]0;pwned\x07\u202eevil\u2066"  # clear screen, set title, bidi override
 
 
 def test_control_and_bidi_characters_in_records_are_escaped_wherever_they_are_shown(tmp_path, make_record):
     """ESC sequences and bidi overrides in record text reach neither the terminal (compare in
     every format, its notes) nor a document (summary.md), raw: they are shown as escapes."""
     record = make_record(norm_type="group\x1b[31m", impl_used="native\u202e",
-                         dataset={"requested": "mnist", "name": HOSTILE, "n_train": 8000,
+                         dataset={"requested": "mnist", "name": HOSTILE_TEXT, "n_train": 8000,
                                   "n_test": 2000, "sha256": "x", "source": "embedded",
                                   "warning": None})  # name != requested: the fallback note too
     store.save(record, "a\n", tmp_path)
