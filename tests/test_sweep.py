@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,11 +150,18 @@ def _cli(*args) -> list[str]:
 
 def test_sigint_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     spec_file, out = write(tmp_path, SWEEP.replace("seeds: 2", "seeds: 3")), tmp_path / "r"
-    proc = subprocess.Popen(_cli("run", spec_file, "--smoke", "-q", "--results", out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(store.load_records(out)[0]) < 2:
-        time.sleep(0.05)
+    for _ in range(3):  # the interrupt must land mid-sweep: a sweep that ended first is redone
+        proc = subprocess.Popen(_cli("run", spec_file, "--smoke", "-q", "--results", out),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(store.load_records(out)[0]) < 2 and proc.poll() is None:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            break
+        proc.communicate(timeout=120)
+        shutil.rmtree(out)
+    else:
+        pytest.fail("the sweep ended each time before it could be interrupted")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
