@@ -390,10 +390,11 @@ def report(spec_files: List[Path] = SPECS, results_dir: Path = RESULTS,
     BatchNorm's three kinds of test statistics, the paper's numbers beside ours, and how the
     runs were made. Every sentence with a number is computed from the records."""
     from normbench import report as reports  # imports matplotlib
+    from normbench import study as studies
 
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
-    study = reports.load_study(list(spec_files), results_dir, smoke=smoke)
+    study = studies.load_study(list(spec_files), results_dir, smoke=smoke)
     target = out_dir or results_dir / "reports" / study.name
     if target.exists() and not target.is_dir():
         raise NormbenchError(f"--out {target}: is a file, not a directory")

@@ -9,6 +9,7 @@ draw return matplotlib Figures (tests read their legends, labels and ticks); `sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ class Panel:
     bounds: tuple[float, float] = (0.0, 100.0)  # what the y values can be: bands are clipped
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def band(means: list[float], halves: list[float | None], bounds=(0.0, 100.0)):
     """(lower, upper) of the 95% band, clipped to `bounds` (an error is never below 0%)."""
     lo, hi = bounds
@@ -104,6 +109,16 @@ def draw(panels: list[Panel], title: str, *, columns: int | None = None, width: 
         ax.set_visible(False)
     for ax, panel in zip(axes.flat, panels):
         xs_all = sorted({x for s in panel.series for x in s.xs}, key=tables.sort_key)
+        # An axis of names (or of numbers mixed with names) is drawn at positions 0, 1, ...
+        # with the values as tick labels: matplotlib cannot fill a band over strings.
+        categorical = not all(_is_number(x) for x in xs_all)
+        place = {x: i for i, x in enumerate(xs_all)}
+        if categorical:
+            panel = dataclasses.replace(panel, log2=False, integer_x=False, series=[
+                dataclasses.replace(s, xs=[place[x] for x in s.xs]) for s in panel.series])
+            ax.set_xticks(range(len(xs_all)))
+            ax.set_xticklabels([tables.value_label(x) for x in xs_all])
+            xs_all = list(range(len(xs_all)))
         for s in panel.series:
             ax.plot(s.xs, s.means, marker="o" if len(s.xs) < 20 else None, markersize=4,
                     color=color(s.norm), linestyle=s.linestyle, label=s.label)

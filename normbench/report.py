@@ -13,221 +13,10 @@ import datetime as dt
 import html
 import platform
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from normbench import grid, identity, stats, store, tables
-from normbench.errors import NormbenchError
-
-CHANCE_ERROR = 0.9  # 10 classes
-
-
-def error_of(r: store.RunRecord) -> float:
-    """The study's metric: median test error of the last 5 evaluations when the run evaluated
-    periodically (the paper's), else the final test error; chance for a diverged run."""
-    if r.status == "diverged":
-        return CHANCE_ERROR
-    return r.test_error_median5 if r.test_error_median5 is not None else 1.0 - r.test_accuracy
-
-
-@dataclass
-class Cell:
-    """One experiment of the study: its runs by seed."""
-
-    norm: str
-    x: Any
-    facet: str
-    runs: dict[int, store.RunRecord] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> dict[int, float]:
-        return {seed: error_of(r) for seed, r in sorted(self.runs.items())}
-
-    @property
-    def diverged(self) -> int:
-        return sum(r.status == "diverged" for r in self.runs.values())
-
-    def summary(self) -> tuple[float, float | None]:
-        mean, _, half = stats.mean_ci(list(self.errors.values()))
-        return mean, half
-
-
-@dataclass
-class Study:
-    name: str
-    x_label: str
-    cells: list[Cell]
-    missing: list[str]
-    specs: list[specs.Spec]
-    metric: str
-    spec_files: list[Path] = field(default_factory=list)
-    smoke: bool = False
-
-    @property
-    def records(self) -> list[store.RunRecord]:
-        return [r for c in self.cells for r in c.runs.values()]
-
-    @property
-    def context(self) -> str:
-        from normbench import plot
-
-        return plot.context(self.records)
-
-
-def _x_axis(records: list[store.RunRecord]) -> tuple[str, Any]:
-    """What the study varies, and a function giving a record's x value."""
-    def flat(r):
-        return tables.flat_spec(r.spec)
-
-    if any(flat(r).get("model.norm.virtual_batch_size") for r in records):
-        by_batch = {flat(r)["train.batch_size"]: flat(r)["model.norm.virtual_batch_size"]
-                    for r in records if flat(r).get("model.norm.virtual_batch_size")}
-
-        def per_group(r):
-            f = flat(r)
-            if f.get("model.norm.virtual_batch_size"):
-                return f["model.norm.virtual_batch_size"]
-            return by_batch.get(f["train.batch_size"], "any")  # GN: the same at every v
-        return "images per BN group (per-replica batch v)", per_group
-    groups = {flat(r).get("model.norm.groups") for r in records}
-    if len(groups) > 1:
-        return "GroupNorm groups (1 = LN ... channels = IN)", lambda r: flat(r).get("model.norm.groups")
-    return "batch size", lambda r: flat(r)["train.batch_size"]
-
-
-def _facet(r: store.RunRecord, varying: bool) -> str:
-    if not varying:
-        return ""
-    widths = tables.flat_spec(r.spec).get("model.widths")
-    depth = sum(1 for w in widths if w != "M") if widths else 0
-    return f"depth {depth} ({tables.value_label(widths)})"
-
-
-def _config(r: store.RunRecord) -> dict:
-    """The fields that make a record's experiment: its flattened spec less seed and labels."""
-    return {k: v for k, v in tables.flat_spec(r.spec).items()
-            if k != "train.seed" and not k.startswith(tables.OUTSIDE_IDENTITY)}
-
-
-def _other_fields(records: list[store.RunRecord], key) -> list[str]:
-    """Fields that differ between runs the layout (norm, x, depth) would put in one cell: each
-    becomes part of the facet, so every run counts in the cell of its own configuration."""
-    by_key: dict[tuple, list[dict]] = {}
-    for r in records:
-        by_key.setdefault(key(r), []).append(_config(r))
-    fields = set()
-    for configs in by_key.values():
-        for name in set().union(*configs):
-            if len({tables.value_label(c.get(name)) for c in configs}) > 1:
-                fields.add(name)
-    return sorted(fields)
-
-
-def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -> Study:
-    """The runs the spec files describe, found in the results directory by run id."""
-    runs = [s for path in spec_files for s in grid.load_runs(path)]
-    if smoke:
-        runs = grid.smoke(runs)
-    wanted = {store.run_id(s.name, identity.spec_hash(s), smoke): s for s in runs}
-    found = {rid: store.finished(results_dir, rid) for rid in wanted}
-    records = [r for r in found.values() if r is not None]
-    missing = [rid for rid, r in found.items() if r is None]
-    if not records:
-        raise NormbenchError(f"no finished runs of {', '.join(map(str, spec_files))} in "
-                             f"{results_dir}: run them first (normbench run ...)")
-    x_label, x_of = _x_axis(records)
-    depths = {tables.value_label(tables.flat_spec(r.spec).get("model.widths")) for r in records}
-
-    def layout(r):
-        return r.norm_type, x_of(r), _facet(r, len(depths) > 1)
-
-    others = _other_fields(records, layout)
-    cells: dict[tuple, Cell] = {}
-    for r in records:
-        norm, x, depth = layout(r)
-        config = _config(r)
-        facet = ", ".join([depth] * bool(depth) + [f"{name.rsplit('.', 1)[-1]}="
-                                                   f"{tables.value_label(config.get(name))}"
-                                                   for name in others])
-        cell = cells.setdefault((norm, x, facet), Cell(norm, x, facet))
-        if r.seed in cell.runs:  # the layout lost a field: never let one run hide another
-            raise NormbenchError(f"report: runs {cell.runs[r.seed].run_id} and {r.run_id} fall in "
-                                 "one cell; report their specs separately")
-        cell.runs[r.seed] = r
-    order = sorted(cells.values(), key=lambda c: (c.facet, c.norm, tables.sort_key(c.x)))
-    periodic = any(r.test_error_median5 is not None for r in records)
-    metric = ("test error (%): median of the last 5 per-epoch evaluations (the paper's metric)"
-              if periodic else "test error (%) at the end of training")
-    return Study(runs[0].name, x_label, order, missing, runs, metric, list(spec_files), smoke)
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparisons
-
-
-@dataclass
-class Comparison:
-    what: str
-    norm: str
-    facet: str
-    n: int
-    diff: float  # error difference in points, a minus b
-    half: float | None
-    p: float | None
-    p_holm: float | None = None
-
-
-def comparisons(study: Study) -> list[Comparison]:
-    """Each x vs the reference (largest) x per norm, and BN vs GN at each x; paired by seed."""
-    found = []
-    facets = sorted({c.facet for c in study.cells})
-    for facet in facets:
-        mine = [c for c in study.cells if c.facet == facet]
-        for norm in sorted({c.norm for c in mine}):
-            series = [c for c in mine if c.norm == norm and c.x != "any"]
-            numeric = [c for c in series if isinstance(c.x, (int, float))]
-            if len(numeric) < 2:
-                continue
-            ref = max(numeric, key=lambda c: c.x)
-            for cell in numeric:
-                if cell is ref:
-                    continue
-                found.append(_paired(f"{norm} at {cell.x} vs at {ref.x}", norm, facet, cell, ref))
-        bn = {c.x: c for c in mine if c.norm == "batch"}
-        gn = {c.x: c for c in mine if c.norm == "group"}
-        for x, b in sorted(bn.items(), key=lambda kv: tables.sort_key(kv[0])):
-            g = gn.get(x) or gn.get("any")
-            if g is not None:
-                found.append(_paired(f"batch vs group at {x}", "batch-group", facet, b, g))
-    adjusted = stats.holm([c.p for c in found])
-    for c, p in zip(found, adjusted):
-        c.p_holm = p
-    return found
-
-
-def _paired(what: str, norm: str, facet: str, a: Cell, b: Cell) -> Comparison:
-    seeds = sorted(set(a.errors) & set(b.errors))
-    diff, half, p = stats.paired([a.errors[s] for s in seeds], [b.errors[s] for s in seeds])
-    return Comparison(what, norm, facet, len(seeds), 100 * diff,
-                      None if half is None else 100 * half, p)
-
-
-def sentence(c: Comparison) -> str:
-    """A claim generated from the numbers, never written by hand."""
-    a, _, b = c.what.partition(" vs ")
-    where = f" ({c.facet})" if c.facet else ""
-    if c.n < 2 or c.p_holm is None:
-        return (f"{a} vs {b}{where}: {c.diff:+.2f} points from {c.n} paired seed(s); too few "
-                "for a test.")
-    ci = f" ± {c.half:.2f}" if c.half is not None else ""
-    if c.p_holm < 0.05:
-        verb = "higher" if c.diff > 0 else "lower"
-        return (f"{a}{where} has {abs(c.diff):.2f}{ci} points {verb} error than {b} "
-                f"(paired t, n = {c.n}, Holm-adjusted p = {c.p_holm:.3g}).")
-    return (f"{a} vs {b}{where}: no significant difference ({c.diff:+.2f}{ci} points, n = "
-            f"{c.n}, Holm-adjusted p = {c.p_holm:.3g}).")
-
+from normbench import findings, grid, guards, stats, store, tables
+from normbench.study import Cell, Study
 
 # ---------------------------------------------------------------------------------------------
 # Figures
@@ -283,23 +72,30 @@ def curves_figure(study: Study):
 # Documents
 
 
-def _fmt_cell(cell: Cell) -> str:
+def _fmt_cell(cell: Cell, verdict: guards.Convergence | None = None) -> str:
     mean, half = cell.summary()
     text = f"{100 * mean:.2f}" + (f" ± {100 * half:.2f}" if half is not None else "")
     text += f" (n={len(cell.runs)}"
-    return text + (f", {cell.diverged} diverged)" if cell.diverged else ")")
+    if cell.diverged:
+        text += f", {cell.diverged} diverged"
+    if verdict is not None and not verdict.converged:
+        text += f", {len(verdict.runs) or len(cell.runs)} not converged"
+    return text + ")"
 
 
-def results_table(study: Study) -> tuple[list[str], list[list[str]]]:
-    """Rows: norm (and facet); columns: x values; cells: error % ± 95% CI (n)."""
+def results_table(study: Study, verdicts: dict[int, guards.Convergence] | None = None
+                  ) -> tuple[list[str], list[list[str]]]:
+    """Rows: norm (and facet); columns: x values; cells: error % ± 95% CI (n), and how many runs
+    did not converge where `verdicts` (guards.convergence) says so."""
     xs = sorted({c.x for c in study.cells}, key=tables.sort_key)
     head = ["norm"] + [str(x) for x in xs]
     rows = []
-    for facet in sorted({c.facet for c in study.cells}):
-        for norm in sorted({c.norm for c in study.cells if c.facet == facet}):
+    for facet in study.facets:
+        for norm in study.norms(facet):
             cells = {c.x: c for c in study.cells if c.facet == facet and c.norm == norm}
             label = f"{norm}" + (f", {facet}" if facet else "")
-            rows.append([label] + [_fmt_cell(cells[x]) if x in cells else "" for x in xs])
+            rows.append([label] + [_fmt_cell(cells[x], (verdicts or {}).get(id(cells[x])))
+                                   if x in cells else "" for x in xs])
     return head, rows
 
 
@@ -333,7 +129,7 @@ def _md(text: str) -> str:
     return tables.printable(str(text), newlines=False).replace("|", "\\|")
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def _md_table(head: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
     lines = ["| " + " | ".join(map(_md, head)) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -406,6 +202,64 @@ def _image(path: Path) -> str:
     return f'<img alt="{_h(path.stem)}" src="data:image/{kind};base64,{data}">'
 
 
+READING = [
+    "Cells: test error %, mean ± 95% Student-t CI over seeds (n). A diverged run counts at "
+    "chance-level error (90%) in the means.",
+    f"Not converged: a run whose final training loss is above {guards.LOSS_FACTOR:g}x the median "
+    "of the best-fitting cell of its facet (and above it by more than "
+    f"{guards.LOSS_GAP:g} nats), or that diverged; a cell whose error was still falling over the "
+    "last quarter of training by more than half its minimum detectable effect (held-out error "
+    "where recorded, else test error); a cell whose seed SD is above "
+    f"{guards.SPREAD_FACTOR:g}x the median cell's. A decade, because BatchNorm with small ghost "
+    "batches records its training loss under its own noisy statistics (4-7x the best cell on "
+    "mnist-10k while its test error stays within half a point). Such cells are shown, never "
+    "compared, never in the summary's claims.",
+    f"Unstable (a warning only): an epoch's training loss above {guards.SPIKE_FACTOR:g}x its lowest "
+    f"so far and by more than {guards.SPIKE_GAP:g} nats.",
+    "Comparisons are paired by seed (a seed fixes initial weights and data order). Along the "
+    "axis: each value against the largest and against the norm's best cell, and the trend "
+    "(slope of error on log2 of the axis, per seed). BatchNorm against GroupNorm at the same value.",
+    "Confounded axis: where the optimizer's batch, the steps or the learning rate change along "
+    "the axis, along-axis differences are shown but not tested; BatchNorm's change is tested net "
+    "of each batch-independent norm's change on the same axis (difference in differences), "
+    "and a control that itself moved by more than its minimum detectable effect is reported.",
+    "p-values: paired t-tests, Holm-adjusted over the tested comparisons. Minimum detectable "
+    "effect (MDE): the true difference a test at α = 0.05 / m (m tested comparisons) would find "
+    "with 80% power, from the observed SD of the paired differences (an estimate). A "
+    "non-significant difference is \"inconclusive: effects up to X points not excluded\", X the "
+    "far end of the CI at the same level; equivalence is judged only against a margin the "
+    "spec declared before its runs (study.equivalence_margin).",
+    f"Ceiling: the reference error as test images, with one run's binomial SE; below "
+    f"{100 * guards.CEILING_ERROR:g}% error effects are a handful of images.",
+    "Metric window: a warning when the evaluations the metric's median is taken over straddle a "
+    "learning-rate change or the end of warmup; the final evaluation is shown beside the median.",
+]
+
+
+def _comparison_rows(found: findings.Findings) -> tuple[list[str], list[list[str]]]:
+    head = ["comparison", "n", "Δ error (pts)", "95% CI (pts)", "adjusted CI (pts)", "MDE (pts)",
+            "p", "p (Holm)", "verdict"]
+    rows = []
+    for c in found.comparisons:
+        if not c.tested:
+            verdict = c.note
+        elif c.p_holm is None:
+            verdict = "too few seeds"
+        elif c.significant:
+            verdict = "significant"
+        else:
+            verdict = f"inconclusive: up to {c.far:.2f} not excluded"
+            if c.equivalent is not None:
+                verdict += "; equivalent" if c.equivalent else "; not shown equivalent"
+        rows.append([c.what, str(c.n), f"{c.diff:+.2f}",
+                     "-" if c.half is None else f"± {c.half:.2f}",
+                     "-" if c.adj_half is None else f"± {c.adj_half:.2f}",
+                     "-" if c.mde is None else f"{c.mde:.2f}",
+                     "-" if c.p is None or not c.tested else f"{c.p:.3g}",
+                     "-" if c.p_holm is None else f"{c.p_holm:.3g}", verdict])
+    return head, rows
+
+
 def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = None) -> list[Path]:
     """report.md, report.html (self-contained) and the figures; returns the files written."""
     from normbench import plot
@@ -413,71 +267,113 @@ def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     error_png = plot.save(error_figure(study), out / f"{study.name}-error.{fmt}", fmt)
     curves_png = plot.save(curves_figure(study), out / f"{study.name}-curves.{fmt}", fmt)
-    found = comparisons(study)
-    head, rows = results_table(study)
-    bn_head, bn_rows = bn_modes_table(study)
+    found = findings.analyse(study)
+    claims = [findings.sentence(c, found.margin) for c in findings.headline(found, study)]
+    checks = findings.warnings(found, study)
+    tables_ = {
+        "results": results_table(study, found.convergence),
+        "convergence": findings.convergence_table(found),
+        "protocol": findings.protocol_table(found),
+        "window": guards.window_table(study),
+        "bn": bn_modes_table(study),
+        "comparisons": _comparison_rows(found),
+    }
     protocol = grid.describe(grid.Grid(Path(study.name), {}, [], [], study.specs[:1]))
     facts = provenance(study, results_dir)
-    sentences = [sentence(c) for c in found]
     paper = plot.load_paper()
     p_rows = [["images per GPU"] + [str(n) for n in paper["batch_per_gpu"]["N"]],
               ["BN"] + [f"{v:.1f}" for v in paper["batch_per_gpu"]["batch"]],
               ["GN"] + [f"{v:.1f}" for v in paper["batch_per_gpu"]["group"]]]
-    cmp_head = ["comparison", "n", "Δ error (pts)", "95% CI (pts)", "p", "p (Holm)"]
-    cmp_rows = [[c.what + (f" ({c.facet})" if c.facet else ""), str(c.n), f"{c.diff:+.2f}",
-                 "-" if c.half is None else f"± {c.half:.2f}",
-                 "-" if c.p is None else f"{c.p:.3g}", "-" if c.p_holm is None else f"{c.p_holm:.3g}"]
-                for c in found]
-    note = ("Means count a diverged run at chance-level error (90%); each cell gives n and how "
-            "many diverged. p-values are paired t-tests over seeds, Holm-adjusted over the "
-            f"{len(found)} comparisons of this report.")
-    md = [f"# {study.name}", "", f"{study.context}. Metric: {study.metric}.", "", "## Summary", ""]
-    md += [f"- {s}" for s in sentences] or ["- (no comparison has two paired seeds yet)"]
-    md += ["", "## Results", "", f"Rows: norm; columns: {study.x_label}. {note}", "",
-           _md_table(head, rows), f"![{study.name}: test error]({error_png.name})", "",
-           f"![{study.name}: learning curves]({curves_png.name})", "",
-           "## The paper (Table 2, ImageNet val error %)", "", _md_table(p_rows[0], p_rows[1:]),
-           "## BatchNorm's test-time statistics (test error %)", "",
-           _md_table(bn_head, bn_rows) if bn_rows else "No BatchNorm runs.\n",
-           "## Paired comparisons", "", _md_table(cmp_head, cmp_rows),
-           "## How this was run", "", "```yaml", protocol.strip(), "```", ""]
-    md += [f"- {k}: {v}" for k, v in facts.items()]
-    if study.missing:
-        md += ["", f"Missing runs ({len(study.missing)}): " + ", ".join(study.missing[:20])
-               + (" ..." if len(study.missing) > 20 else "")]
-    store.write_atomic(out / "report.md", tables.printable("\n".join(md) + "\n"))
-    store.write_atomic(out / "report.html", _page(study, sentences, found, note, head, rows,
-                                                  error_png, curves_png, p_rows, bn_head, bn_rows,
-                                                  cmp_head, cmp_rows, protocol, facts))
+    doc = Document(study, claims, checks, tables_, p_rows, protocol, facts, error_png, curves_png)
+    store.write_atomic(out / "report.md", tables.printable(doc.markdown()))
+    store.write_atomic(out / "report.html", doc.html())
     return [out / "report.md", out / "report.html", error_png, curves_png]
 
 
-def _page(study, sentences, found, note, head, rows, error_png, curves_png, p_rows, bn_head,
-          bn_rows, cmp_head, cmp_rows, protocol, facts) -> str:
-    """The self-contained HTML page: images inlined, no request leaves the machine."""
-    up = '<a class="up" href="#summary">↑ summary</a>'
-    sections = [("results", "Results"), ("curves", "Learning curves"), ("paper", "The paper"),
-                ("bn", "BN statistics"), ("comparisons", "Comparisons"), ("how", "How this was run")]
-    nav = "".join(f'<a href="#{i}">{_h(t)}</a>' for i, t in sections)
-    items = "".join(f'<li>{_h(s)} <a href="#cmp-{k}">details</a></li>'
-                    for k, s in enumerate(sentences)) or "<li>(no comparison has two paired seeds yet)</li>"
-    cmp_table = _html_table(cmp_head, cmp_rows, row_ids=[f"cmp-{k}" for k in range(len(cmp_rows))])
-    missing = (f"<p class=note>{len(study.missing)} run(s) of the study are not finished; this "
-               "report covers the rest.</p>" if study.missing else "")
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+# The sections, in order: (id, title); report.md has each as '## title', report.html as <h2 id>
+SECTIONS = [("summary", "Summary"), ("results", "Results"), ("guards", "What the records support"),
+            ("comparisons", "Paired comparisons"), ("bn", "BatchNorm's test-time statistics"),
+            ("paper", "The paper (Table 2, ImageNet val error %)"),
+            ("reading", "How to read this"), ("how", "How this was run")]
+
+
+class Document:
+    """One report's content, written as Markdown and as a self-contained HTML page."""
+
+    def __init__(self, study, claims, checks, tables_, p_rows, protocol, facts, error_png,
+                 curves_png):
+        self.study, self.claims, self.checks, self.t = study, claims, checks, tables_
+        self.p_rows, self.protocol, self.facts = p_rows, protocol, facts
+        self.error_png, self.curves_png = error_png, curves_png
+
+    def _blocks(self, table, image, para, items, code):
+        """The sections as (id, title, [parts]) through the format's writers."""
+        s, t = self.study, self.t
+        none = "(no comparison could be tested: too few converged cells or seeds)"
+        head, rows = t["results"]
+        missing = ([para(f"{len(s.missing)} run(s) of the study are not finished; this report "
+                         "covers the rest.")] if s.missing else [])
+        guard_parts = [items(self.checks), para("Convergence per cell:"), table(*t["convergence"])]
+        if t["protocol"][1]:
+            guard_parts += [para("The protocol along the axis (optimizer's batch, steps, peak "
+                                 "learning rate):"), table(*t["protocol"])]
+        guard_parts += [para("The metric beside the final evaluation:"), table(*t["window"])]
+        bn = table(*t["bn"]) if t["bn"][1] else para("No BatchNorm runs.")
+        return [
+            ("summary", [*missing, items(self.claims or [none])]),
+            ("results", [para(f"Rows: norm; columns: {s.x_label}. Test error %, mean ± 95% CI "
+                              "(n); a diverged run counts at 90%."), table(head, rows, table_id="headline"),
+                         image(self.error_png, "test error"),
+                         image(self.curves_png, "learning curves")]),
+            ("guards", guard_parts),
+            ("comparisons", [table(*t["comparisons"])]),
+            ("bn", [bn]),
+            ("paper", [table(self.p_rows[0], self.p_rows[1:])]),
+            ("reading", [items(READING)]),
+            ("how", [code(self.protocol.strip()),
+                     items([f"{k}: {v}" for k, v in self.facts.items()])]),
+        ]
+
+    def markdown(self) -> str:
+        s = self.study
+        md = [f"# {s.name}", "", f"{s.context}. Metric: {s.metric}.", ""]
+        titles = dict(SECTIONS)
+        blocks = self._blocks(
+            table=_md_table,
+            image=lambda path, what: f"![{s.name}: {what}]({path.name})\n",
+            para=lambda text: text + "\n",
+            items=lambda lines: "\n".join(f"- {line}" for line in lines) + "\n",
+            code=lambda text: f"```yaml\n{text}\n```\n")
+        for key, parts in blocks:
+            md += [f"## {titles[key]}", ""] + parts
+        if s.missing:
+            md += [f"Missing runs ({len(s.missing)}): " + ", ".join(s.missing[:20])
+                   + (" ..." if len(s.missing) > 20 else "")]
+        return "\n".join(md) + "\n"
+
+    def html(self) -> str:
+        """The self-contained HTML page: images inlined, no request leaves the machine."""
+        s = self.study
+        up = '<a class="up" href="#summary">↑ summary</a>'
+        titles = dict(SECTIONS)
+        nav = "".join(f'<a href="#{i}">{_h(t)}</a>' for i, t in SECTIONS[1:])
+
+        def items(lines):
+            return "<ul>" + "".join(f"<li>{_h(x)}</li>" for x in lines) + "</ul>"
+
+        blocks = self._blocks(
+            table=lambda head, rows, table_id=None: _html_table(head, rows, table_id=table_id),
+            image=lambda path, what: f"<p>{_image(path)}</p>",
+            para=lambda text: f"<p class=note>{_h(text)}</p>",
+            items=items, code=lambda text: f"<pre>{_h(text)}</pre>")
+        body = "".join(f'<h2 id="{key}">{_h(titles[key])}{"" if key == "summary" else up}</h2>'
+                       + "".join(parts) for key, parts in blocks)
+        return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_h(study.name)}</title><style>{CSS}</style></head><body>
-<h1>{_h(study.name)}</h1>
-<p>{_h(study.context)}. Metric: {_h(study.metric)}.</p>{missing}
+<title>{_h(s.name)}</title><style>{CSS}</style></head><body>
+<h1>{_h(s.name)}</h1>
+<p>{_h(s.context)}. Metric: {_h(s.metric)}.</p>
 <nav>{nav}</nav>
-<h2 id="summary">Summary</h2><ul>{items}</ul>
-<h2 id="results">Results{up}</h2><p class=note>{_h(f'Rows: norm; columns: {study.x_label}. {note}')}</p>
-{_html_table(head, rows, table_id="headline")}<p>{_image(error_png)}</p>
-<h2 id="curves">Learning curves{up}</h2><p>{_image(curves_png)}</p>
-<h2 id="paper">The paper (Table 2, ImageNet val error %){up}</h2>{_html_table(p_rows[0], p_rows[1:])}
-<h2 id="bn">BatchNorm's test-time statistics (test error %){up}</h2>{_html_table(bn_head, bn_rows) if bn_rows else '<p>No BatchNorm runs.</p>'}
-<h2 id="comparisons">Paired comparisons{up}</h2>{cmp_table}
-<h2 id="how">How this was run{up}</h2><pre>{_h(protocol)}</pre>
-<ul>{''.join(f'<li>{_h(k)}: <code>{_h(v)}</code></li>' if k == 'commands' else f'<li>{_h(k)}: {_h(v)}</li>' for k, v in facts.items())}</ul>
+{body}
 </body></html>
 """

@@ -347,6 +347,15 @@ class SlurmSpec(_Frozen):
     array_parallelism: int = Field(32, ge=1, le=10_000)  # runs queued or running at once
 
 
+class StudySpec(_Frozen):
+    """What a study declares before its runs, for `normbench report` (not part of the run id;
+    each run's saved spec keeps it, which is how the report knows it came first)."""
+
+    # |difference| in points of test error below which two cells count as equivalent (two
+    # one-sided tests at the report's multiplicity-adjusted level); none: no equivalence verdict
+    equivalence_margin: float | None = Field(None, gt=0.0, le=100.0)
+
+
 class Spec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     dataset: str = "mnist"
@@ -356,6 +365,7 @@ class Spec(_Frozen):
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         [], max_length=32, json_schema_extra={"identity": False})
     slurm: SlurmSpec = Field(SlurmSpec(), json_schema_extra={"identity": False})
+    study: StudySpec = Field(StudySpec(), json_schema_extra={"identity": False})
 
     @field_validator("dataset")
     @classmethod

@@ -271,21 +271,24 @@ def pilot() -> str:
     return head + "\n".join(row for _, row in sorted(rows)) + "\n"
 
 
+def _load_study(name: str):
+    from normbench import study
+
+    return study.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], STUDIES / name)
+
+
 def _study_block(name: str) -> list[str]:
-    from normbench import report
+    """A study's table (cells that did not converge marked), what its guards say, and the
+    comparisons its report leads with: all from normbench's own report code."""
+    from normbench import findings, report
 
     results = STUDIES / name
     if not (results / "report.md").exists():
         return [f"**`{name}`**: not run yet (`make studies` runs it; the studies resume).", ""]
-    study = report.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], results)
+    study = _load_study(name)
+    found = findings.analyse(study)
     facts = report.provenance(study)
-    head, rows = report.results_table(study)
-    xs = [c.x for c in study.cells if isinstance(c.x, (int, float))]
-    smallest = min(xs) if xs else None
-    found = report.comparisons(study)
-    keep = [report.sentence(c) for c in found
-            if smallest is not None and (f" at {smallest} " in f"{c.what} " or
-                                         c.what.endswith(f" at {smallest}"))]
+    head, rows = report.results_table(study, found.convergence)
     done = len(study.records)
     lines = [f"**`{name}`** ({study.context}; {done} of {done + len(study.missing)} runs; "
              f"{facts['wall time'].split(' (')[0]}; "
@@ -294,37 +297,21 @@ def _study_block(name: str) -> list[str]:
              f"Test error %, mean ± 95% CI (n) by {study.x_label}:", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += [""] + [f"- {s}" for s in keep] + [""]
-    return lines
+    lines += ["", "What the records support (the report's guards):", ""]
+    lines += [f"- {s}" for s in findings.warnings(found, study)]
+    lines += ["", "Its report leads with:", ""]
+    lines += [f"- {findings.sentence(c, found.margin)}" for c in findings.headline(found, study)]
+    return lines + [""]
 
 
 def studies() -> str:
-    """Each study's headline table and its comparisons at the smallest batch, from its records."""
+    """Each study's table, its guards' verdicts and its leading comparisons, from its records."""
     out = []
-    ref = None
-    replicas = STUDIES / "gn_paper_replicas"
-    if (replicas / "report.md").exists():
-        from normbench import report
-
-        study = report.load_study([ROOT / "configs" / "studies" / "gn_paper_replicas.yaml"], replicas)
-        cells = [c for c in study.cells if c.norm == "batch" and isinstance(c.x, int)]
-        if cells:
-            top = max(cells, key=lambda c: c.x)
-            accs = [r.test_accuracy for r in top.runs.values()]
-            ref = (f"Reference (BN at v = {top.x}, batch {8 * top.x}): "
-                   f"{100 * sum(accs) / len(accs):.2f}% mean test accuracy over {len(accs)} seeds "
-                   f"(min {100 * min(accs):.2f}%); the floor, 98.5% on mnist-10k, is "
-                   f"{_met(sum(accs) / len(accs) >= 0.985)}.")
-    if ref:
-        out += [ref, ""]
     spent, done = 0.0, 0
     for name in STUDY_NAMES:
         out += _study_block(name)
         if (STUDIES / name / "report.md").exists():
-            from normbench import report
-
-            records = report.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"],
-                                        STUDIES / name).records
+            records = _load_study(name).records
             first = min(dt.datetime.fromisoformat(r.started) for r in records)
             last = max(dt.datetime.fromisoformat(r.finished) for r in records)
             spent += (last - first).total_seconds() / 60
@@ -335,7 +322,7 @@ def studies() -> str:
     else:
         out += [f"Budget, all three studies within 150 min of wall time with `-j 2`: {spent:.1f} "
                 f"min spent on {done} of {len(STUDY_NAMES)}; open until the rest has run.", ""]
-    if (replicas / "gn_paper_replicas-error.png").exists():
+    if (STUDIES / "gn_paper_replicas" / "gn_paper_replicas-error.png").exists():
         out += ["![gn_paper_replicas: test error by per-replica batch, beside the paper's Table 2]"
                 "(results/examples/studies/gn_paper_replicas/gn_paper_replicas-error.png)", ""]
     return "\n".join(out)

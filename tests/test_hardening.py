@@ -109,6 +109,10 @@ SPECS = [
     ("slurm time_min 0", b"name: a\nslurm: {time_min: 0}\n", [], "slurm.time_min"),
     ("slurm cpus_per_task 0", b"name: a\nslurm: {cpus_per_task: 0}\n", [], "slurm.cpus_per_task"),
     ("slurm mem_gb negative", b"name: a\nslurm: {mem_gb: -1}\n", [], "slurm.mem_gb"),
+    ("equivalence margin zero", b"name: a\nstudy: {equivalence_margin: 0}\n", [],
+     "study.equivalence_margin"),
+    ("equivalence margin nan", b"name: a\nstudy: {equivalence_margin: .nan}\n", [],
+     "study.equivalence_margin"),
     ("slurm array_parallelism 0", b"name: a\nslurm: {array_parallelism: 0}\n", [], "slurm.array_parallelism"),
     ("model factory not a path", b"name: a\nmodel: {arch: custom, factory: 'rm -rf'}\n", [], "model.factory"),
 ]
