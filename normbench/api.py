@@ -8,12 +8,13 @@ TensorFlow: training imports it, in the process that trains.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from normbench import console, executors, grid, store, tables
+from normbench import console, executors, grid, identity, store, tables, tuning
 from normbench.errors import NormbenchError
 from normbench.spec import Spec
 
@@ -97,6 +98,7 @@ def plan_runs(grids: list[grid.Grid], results_dir: Path, *, smoke: bool = False,
               from_files: bool = True) -> Plan:
     """Every run of `grids` (with `--smoke`'s shrinking, explicit `sets` kept), its run id and
     whether it is to run now. The first half of the one pipeline of `run`."""
+    grids = [tuning.apply(g, results_dir, smoke) for g in grids]  # tuned rates into the specs
     loaded = [s for g in grids for s in g.runs]
     hashes = None if smoke else [h for g in grids for h in g.hashes]
     if smoke:
@@ -145,6 +147,56 @@ def run_plan(plan: Plan, *, quiet: bool, jobs: int = 1, executor: str = "local",
     if summaries:
         tables.write_summaries(plan.results_dir)
     return Done(outcome, summaries)
+
+
+def tune(g: grid.Grid, results_dir: Path, *, smoke: bool = False, quiet: bool = True,
+         jobs: int = 1, executor: str = "local", address: str | None = None
+         ) -> tuple[list[dict], Path]:
+    """A study's tuning stage (`tuning`): train each group's standing run at every rate of the
+    grid into RESULTS/tuning/NAME (resumable, like any sweep), extend a grid whose best rate sits
+    at an edge, and freeze the choice. Returns (the choice table, chosen.json)."""
+    groups = tuning.groups(g)
+    t = g.runs[0].tune
+    target = tuning.directory(results_dir, g.runs[0].name, smoke)
+    rates = {group.key: list(t.learning_rate) for group in groups}
+    grown = {group.key: 0 for group in groups}
+    while True:
+        todo = [tuning.tuning_run(group, rate, t.seed) for group in groups
+                for rate in rates[group.key]]
+        plan = plan_runs([grid.Grid(g.path, {}, [], [t.seed], todo,
+                                    [identity.spec_hash(s) for s in todo])], target, smoke=smoke)
+        done = run_plan(plan, quiet=quiet, jobs=jobs, executor=executor, address=address)
+        if done.outcome.interrupted:
+            raise NormbenchError("tuning interrupted: finished tuning runs are kept; run normbench "
+                                 "tune again to complete it")
+        found = {p.run_id: store.finished(target, p.run_id) for p in plan.planned}
+        missing = [rid for rid, r in found.items() if r is None]
+        if missing:
+            raise NormbenchError(f"{len(missing)} tuning run(s) did not finish ({missing[0]} ...); "
+                                 "run normbench tune again")
+        table, again = [], False
+        for group in groups:
+            errors = {}
+            for rate in rates[group.key]:
+                run = tuning.tuning_run(group, rate, t.seed)
+                run = grid.smoke([run])[0] if smoke else run
+                rid = store.run_id(run.name, identity.spec_hash(run), smoke)
+                errors[rate] = tuning.held_out_error(found[rid])  # never a test metric
+            chosen = tuning.best(errors)
+            nxt = tuning.past_edge(rates[group.key], chosen)
+            if nxt is not None and grown[group.key] < t.extend and math.isfinite(errors[chosen]):
+                rates[group.key].append(nxt)
+                grown[group.key] += 1
+                again = True
+            table.append({"key": list(group.key), "label": group.label,
+                          "sensitivity": group.sensitivity, "learning_rate": chosen,
+                          "held_out_error": {f"{r:g}": (e if math.isfinite(e) else None)
+                                             for r, e in sorted(errors.items())},
+                          "edge": nxt is not None, "extended": grown[group.key]})
+        if not again:
+            break
+    records = [r for r in found.values() if r is not None]
+    return table, tuning.freeze(g, results_dir, smoke, table, records)
 
 
 def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any] | None = None,

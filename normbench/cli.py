@@ -202,6 +202,34 @@ def _summary(spec) -> str:
 
 @app.command()
 @_friendly
+def tune(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Path = RESULTS,
+         smoke: bool = typer.Option(False, "--smoke", help="Tune the --smoke runs (tests, CI)."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+         jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="Worker processes.")
+         ) -> None:
+    """Choose each group's learning rate (the spec's tune: block) on held-out data, before the
+    study runs: train each group's first run at every rate of the grid with tune.seed into
+    RESULTS/tuning/NAME, and freeze the choice there (chosen.json). `normbench run` and
+    `normbench report` then use the frozen rates. Resumable; the test set is never read to choose."""
+    from normbench import tuning
+
+    for g in _load_all(spec_files, sets, []):
+        table, path = api.tune(g, results_dir, smoke=smoke, quiet=quiet, jobs=jobs)
+        rates = sorted({float(r) for row in table for r in row["held_out_error"]})
+        rows = [{"group": row["label"], **{f"{r:g}": ("-" if f"{r:g}" not in row["held_out_error"]
+                                                      else "diverged"
+                                                      if row["held_out_error"][f"{r:g}"] is None
+                                                      else f"{100 * row['held_out_error'][f'{r:g}']:.2f}")
+                                           for r in rates},
+                 "chosen": f"{row['learning_rate']:g}" + (" (edge)" if row["edge"] else "")}
+                for row in table]
+        console.show(rows, ("group", *[f"{r:g}" for r in rates], "chosen"),
+                     f"{g.runs[0].name}: held-out error % by learning rate ({tuning.RULE})")
+        say(f"frozen: {path}")
+
+
+@app.command()
+@_friendly
 def validate(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
              sweeps: List[str] = typer.Option([], "--sweep", metavar="PATH=V1,V2,...",
                                               help="Add or replace a sweep axis."),

@@ -301,6 +301,57 @@ def _fashion_mnist() -> tuple[dict[str, np.ndarray], dict]:
     return arrays, {"source": source, "license": "MIT (Zalando SE)"}
 
 
+# The fixed draws (train_subset, validation_fixed) use this seed, never a run's: every seed of a
+# study, and its tuning stage, then see the same images. (The GN paper's arXiv number.)
+SELECTION_SEED = 180308494
+
+
+def stratified(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` indices of `labels`, sorted, each class in proportion to its share of them
+    (rounded by largest remainders, so the total is exact)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (count / len(labels))
+    take = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: count - int(take.sum())]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def indices_sha256(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def select(labels: np.ndarray, *, seed: int, subset: int | None, validation_split: float,
+           fixed: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(train indices, held-out indices, what was chosen) over a training set's labels.
+
+    `subset`: a fixed stratified draw of that many images, the same for every seed.
+    `validation_split` of those held out: with `fixed`, a fixed stratified draw (the same images
+    for every seed); else the last fraction of a shuffle drawn from the seed (each seed holds out
+    its own, as before these options existed)."""
+    pool = np.arange(len(labels))
+    info: dict = {}
+    if subset is not None:
+        if subset > len(labels):
+            raise NormbenchError(f"train.train_subset: {subset} images asked for, the training "
+                                 f"set has {len(labels)}")
+        pool = stratified(labels, subset, np.random.default_rng([SELECTION_SEED, 1]))
+        info.update(train_subset=subset, subset_sha256=indices_sha256(pool))
+    if not validation_split:
+        return pool, np.zeros(0, np.int64), info
+    n_val = max(1, round(validation_split * len(pool)))
+    if fixed:
+        held = pool[stratified(labels[pool], n_val, np.random.default_rng([SELECTION_SEED, 2]))]
+        keep = np.setdiff1d(pool, held, assume_unique=True)
+    else:
+        order = pool[np.random.default_rng([seed, 7]).permutation(len(pool))]
+        keep, held = np.sort(order[:-n_val]), np.sort(order[-n_val:])
+    info.update(validation="fixed" if fixed else "per-seed", n_validation=int(len(held)),
+                validation_sha256=indices_sha256(held))
+    return keep, held, info
+
+
 LOADERS = {"mnist": _mnist, "mnist-10k": _mnist10k, "fashion-mnist": _fashion_mnist}
 
 

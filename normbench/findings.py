@@ -25,7 +25,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from normbench import guards, stats, tables
+from normbench import guards, stats, tables, tuning
 from normbench.study import BATCH_DEPENDENT, Cell, Study
 
 ALPHA = guards.ALPHA
@@ -318,6 +318,7 @@ def warnings(f: Findings, study: Study) -> list[str]:
                    f"{min(mdes):.2f}-{max(mdes):.2f} points; a difference below that reads "
                    "\"inconclusive\", never \"no effect\".")
     out.append(f"Equivalence: {f.margin_note}.")
+    out += tuning.describe(study.specs, study.results_dir, study.smoke)[0]
     if f.window is not None:
         out.append(f.window.sentence())
     if study.smoke:

@@ -141,7 +141,9 @@ def make(norm: Any) -> Made:
     """
     import keras
 
-    impl = resolve_impl(norm.type, norm.impl)
+    group_size = getattr(norm, "group_size", None)
+    # channels per group is normbench's own layer's option (the spec refuses tfa and keras)
+    impl = "native" if group_size is not None else resolve_impl(norm.type, norm.impl)
     entry = NORMS[norm.type]
     if entry.ws_conv:
         from normbench.layers import WSConv2D as conv
@@ -182,5 +184,8 @@ def make(norm: Any) -> Made:
         return Made(functools.partial(module.RMSNormalization, **kwargs), conv, impl)
     if norm.type == "instance" and impl != "keras":
         return Made(functools.partial(module.InstanceNormalization, **kwargs), conv, impl)
+    if group_size is not None:
+        return Made(functools.partial(module.GroupNormalization, group_size=group_size, **kwargs),
+                    conv, impl)
     groups = {"layer": 1, "instance": -1}.get(norm.type, norm.groups)
     return Made(functools.partial(module.GroupNormalization, groups=groups, **kwargs), conv, impl)

@@ -15,7 +15,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from normbench import findings, grid, guards, stats, store, tables
+from normbench import findings, grid, guards, stats, store, tables, tuning
 from normbench.study import Cell, Study
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +277,7 @@ def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = 
         "window": guards.window_table(study),
         "bn": bn_modes_table(study),
         "comparisons": _comparison_rows(found),
+        "tuning": tuning.describe(study.specs, study.results_dir, study.smoke)[1],
     }
     protocol = grid.describe(grid.Grid(Path(study.name), {}, [], [], study.specs[:1]))
     facts = provenance(study, results_dir)
@@ -318,6 +319,10 @@ class Document:
             guard_parts += [para("The protocol along the axis (optimizer's batch, steps, peak "
                                  "learning rate):"), table(*t["protocol"])]
         guard_parts += [para("The metric beside the final evaluation:"), table(*t["window"])]
+        if t["tuning"][1]:
+            guard_parts += [para("Tuning (held-out error %, by learning rate; each group's choice "
+                                 "beside it, so every group's error at the others' rates is the "
+                                 "shared-rate check):"), table(*t["tuning"])]
         bn = table(*t["bn"]) if t["bn"][1] else para("No BatchNorm runs.")
         return [
             ("summary", [*missing, items(self.claims or [none])]),

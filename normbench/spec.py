@@ -88,6 +88,10 @@ EvalStats = Choice(EVAL_STATS, "eval_stats")
 class NormSpec(_Frozen):
     type: str = "group"
     groups: int | None = 5
+    # group, ws_group: channels per group instead of a number of groups (the GN paper's other
+    # setting: the same group size at every width); the resolved spec then has groups: null
+    # (other norms resolve it to null, as they do groups)
+    group_size: int | None = Field(None, ge=1, le=1 << 16)
     axis: int = -1
     epsilon: float = 1e-3
     center: bool = True
@@ -130,8 +134,21 @@ class NormSpec(_Frozen):
     def _epsilon(cls, value: float) -> float:
         return _positive_finite(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_grouping(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("group_size") is not None:
+            if data.get("groups") is not None:
+                raise ValueError("set groups or group_size (channels per group), not both")
+            data = {**data, "groups": None}
+        return data
+
     @model_validator(mode="after")
     def _impl_for_type(self) -> NormSpec:
+        if self.group_size is not None and norms.NORMS[self.type].uses_groups \
+                and self.impl not in ("auto", "native"):
+            raise ValueError(f"group_size is normbench's own GroupNormalization's option: use impl "
+                             f"'native' or 'auto', not {self.impl!r}")
         if self.type not in BATCH_NORMS and self.virtual_batch_size is not None:
             raise ValueError("virtual_batch_size applies to norms 'batch' and 'batch_renorm' "
                              f"only, not {self.type!r}")
@@ -194,10 +211,11 @@ class ModelSpec(_Frozen):
                                  f"(got {self.factory!r})")
             self._set(conv_filters=None, dense_units=None, dropout=None, widths=None)
             updates = {}
-            if norms.NORMS[norm.type].uses_groups and norm.groups is None:
+            if norms.NORMS[norm.type].uses_groups and norm.groups is None \
+                    and norm.group_size is None:
                 raise ValueError(f"model.norm.groups: norm {norm.type!r} needs groups")
             if not norms.NORMS[norm.type].uses_groups:
-                updates["groups"] = None
+                updates.update(groups=None, group_size=None)
             if norm.type not in BATCH_NORMS:
                 updates["momentum"] = None
             self._set(norm=norm.model_copy(update=updates))
@@ -230,7 +248,15 @@ class ModelSpec(_Frozen):
             dims = [w for w in self.widths if w != POOL]
             what, source = f"every width in {dims}", f"model.widths={dims}"
         updates = {"groups": None}
-        if norms.NORMS[norm.type].uses_groups:
+        if not norms.NORMS[norm.type].uses_groups:
+            updates["group_size"] = None  # as groups: a sweep over norms may set it for GN
+        elif norm.group_size is not None:
+            bad = [d for d in dims if d % norm.group_size]
+            if bad:
+                raise ValueError(f"model.norm.group_size: {norm.group_size} channels per group "
+                                 f"does not divide {what} ({source}): {bad[0]} % "
+                                 f"{norm.group_size} = {bad[0] % norm.group_size}")
+        else:
             groups = norm.groups
             if groups is None:
                 raise ValueError(f"model.norm.groups: norm {norm.type!r} needs groups dividing {what}")
@@ -294,6 +320,13 @@ class TrainSpec(_Frozen):
     # error recorded every `eval_every` epochs; None = only at the end
     eval_every: int | None = Field(None, ge=1, le=100_000)
     validation_split: float = Field(0.0, ge=0.0, lt=0.5)
+    # the held-out images: false, the last fraction of a shuffle drawn from the seed (each seed
+    # holds out its own); true, a fixed class-stratified draw, the same for every seed (a tuning
+    # stage and every study seed then hold out the same images)
+    validation_fixed: bool = False
+    # train on a fixed, class-stratified subset of this many training images, the same for every
+    # seed (its sha256 is in the record); null: all of them. Held-out images come from the subset
+    train_subset: int | None = Field(None, ge=10, le=1 << 30)
     # write the trained model as model.keras into the run directory (not part of the run id)
     save_model: bool = Field(False, json_schema_extra={"identity": False})
 
@@ -311,6 +344,8 @@ class TrainSpec(_Frozen):
                              f"{self.optimizer!r}")
         if self.nesterov and not self.momentum:
             raise ValueError("nesterov needs momentum > 0")
+        if self.validation_fixed and not self.validation_split:
+            raise ValueError("validation_fixed needs validation_split > 0 (the fraction held out)")
         return self
 
     @field_validator("jit_compile", mode="before")
@@ -356,6 +391,31 @@ class StudySpec(_Frozen):
     equivalence_margin: float | None = Field(None, gt=0.0, le=100.0)
 
 
+class TuneSpec(_Frozen):
+    """A study's tuning stage (`normbench tune`): the learning-rate grid each group of runs
+    chooses from on held-out data, before any study run (not part of the run id; the rate it
+    chooses is). The selection rule: the lowest held-out error at the final evaluation, ties to
+    the smaller rate; a best rate at an edge of the grid adds the next rate past it (the ratio of
+    the two grid values at that edge), up to `extend` times."""
+
+    learning_rate: list[Annotated[float, Field(gt=0.0, le=1e6)]] = Field([], max_length=32)
+    by: list[str] = Field(["model.norm.type"], min_length=1, max_length=8)  # a rate per value
+    seed: int = Field(1000, ge=0, le=2**32 - 1)  # the tuning runs' seed: none of the study's
+    extend: int = Field(1, ge=0, le=8)
+    # cells (field path -> value) tuned on their own and reported, never applied to the study's
+    # runs: e.g. {model.norm.virtual_batch_size: 2} for BN at its smallest v
+    sensitivity: list[dict[str, Any]] = Field([], max_length=8)
+    # set by normbench when it applies the frozen choice: the sha256 of the tuning records
+    records_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _grid(cls, value: list[float]) -> list[float]:
+        if value != sorted(set(value)):
+            raise ValueError(f"the grid must increase strictly, got {value}")
+        return [_positive_finite(v) for v in value]
+
+
 class Spec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     dataset: str = "mnist"
@@ -366,6 +426,7 @@ class Spec(_Frozen):
         [], max_length=32, json_schema_extra={"identity": False})
     slurm: SlurmSpec = Field(SlurmSpec(), json_schema_extra={"identity": False})
     study: StudySpec = Field(StudySpec(), json_schema_extra={"identity": False})
+    tune: TuneSpec = Field(TuneSpec(), json_schema_extra={"identity": False})
 
     @field_validator("dataset")
     @classmethod
@@ -460,7 +521,8 @@ def for_smoke(spec: Spec, *, keep_epochs: bool = False) -> Spec:
 def summary(spec: Spec) -> str:
     """One line for people: what this spec trains."""
     norm = spec.model.norm
-    detail = f" (groups={norm.groups})" if norm.groups is not None else ""
+    detail = (f" (groups={norm.groups})" if norm.groups is not None else
+              f" ({norm.group_size} channels per group)" if norm.group_size is not None else "")
     t = spec.train
     arch = {"tutorial": "", "custom": f" in {spec.model.factory}"}.get(
         spec.model.arch, f" in a {spec.model.arch} {spec.model.widths}")

@@ -104,6 +104,17 @@ class EvalResult(_Strict):
     samples: Count | None = None  # PreciseBN: training images whose statistics were used
 
 
+class Selection(_Strict):
+    """Which training images a run used (spec's train.train_subset, validation_split and
+    validation_fixed): the fixed subset and the held-out images, as sha256 of their indices."""
+
+    train_subset: Count | None = None
+    subset_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    validation: Literal["per-seed", "fixed"] | None = None
+    n_validation: Count = 0
+    validation_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
 class Provenance(_Strict):
     """The spec file's git commit and dirty flag (None outside a repository), and the installed
     packages (sorted name==version, and their sha256)."""
@@ -162,6 +173,7 @@ class RunRecord(_Strict):
     # sha256 of what the spec names outside itself (npz data file, custom model factory's module
     # source); they are part of the run id
     contents: dict[Literal["dataset", "factory"], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = None
+    selection: Selection | None = None  # train_subset / validation split: which images
 
     @field_validator("started", "finished")
     @classmethod

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normbench import grid, identity, stats, store, tables
+from normbench import grid, identity, stats, store, tables, tuning
 from normbench import spec as specs
 from normbench.errors import NormbenchError
 
@@ -100,6 +100,7 @@ class Study:
     metric: str
     spec_files: list[Path] = field(default_factory=list)
     smoke: bool = False
+    results_dir: Path | None = None
 
     @property
     def records(self) -> list[store.RunRecord]:
@@ -201,7 +202,9 @@ def _find(runs: list[specs.Spec], results_dir: Path, smoke: bool
 
 def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -> Study:
     """The runs the spec files describe, found in the results directory by run id."""
-    runs = [s for path in spec_files for s in grid.load_runs(path)]
+    # a spec with a tune: block gets its frozen learning rates (its run ids depend on them)
+    runs = [s for path in spec_files
+            for s in tuning.apply(grid.load_grid(path), results_dir, smoke).runs]
     records, missing = _find(grid.smoke(runs) if smoke else runs, results_dir, smoke)
     if not records:
         other, _ = _find(runs if smoke else grid.smoke(runs), results_dir, not smoke)
@@ -240,7 +243,8 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -
     periodic = any(r.test_error_median5 is not None for r in records)
     metric = ("test error (%): median of the last 5 per-epoch evaluations (the paper's metric)"
               if periodic else "test error (%) at the end of training")
-    return Study(runs[0].name, x_label, order, missing, runs, metric, list(spec_files), smoke)
+    return Study(runs[0].name, x_label, order, missing, runs, metric, list(spec_files), smoke,
+                 results_dir)
 
 
 def binomial_se(error: float, n_test: int) -> float:

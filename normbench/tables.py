@@ -232,7 +232,7 @@ def _row_value(row: dict, path: str) -> Any:
 
 
 # Spec fields outside a run's identity (spec.OUTSIDE_IDENTITY): labels, not what was trained.
-OUTSIDE_IDENTITY = ("tags", "slurm.", "study.", "train.save_model")
+OUTSIDE_IDENTITY = ("tags", "slurm.", "study.", "tune.", "train.save_model")
 
 
 def with_baseline(rows: list[dict], baseline: str) -> list[dict]:

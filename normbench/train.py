@@ -287,15 +287,19 @@ def _bn_warning(spec: specs.Spec, steps: int) -> str | None:
 
 
 def _split(ds: data.Dataset, t: specs.TrainSpec):
-    """(x_train, y_train, x_val, y_val): the validation split is the last fraction of a shuffle
-    drawn from the seed alone, so every norm and batch size of one seed holds out the same
-    images (paired comparisons)."""
-    if not t.validation_split:
-        return ds.x_train, ds.y_train, None, None
-    order = np.random.default_rng([t.seed, 7]).permutation(len(ds.y_train))
-    n_val = max(1, round(t.validation_split * len(order)))
-    keep, held = np.sort(order[:-n_val]), np.sort(order[-n_val:])
-    return ds.x_train[keep], ds.y_train[keep], ds.x_train[held], ds.y_train[held]
+    """(x_train, y_train, x_val, y_val, what was chosen): `data.select` over the training labels
+    (a fixed subset, and a held-out split either drawn from the seed alone, so every norm and
+    batch size of one seed holds out the same images, or fixed for every seed)."""
+    if not t.validation_split and t.train_subset is None:
+        return ds.x_train, ds.y_train, None, None, None
+    subset = t.train_subset
+    if subset is not None and ds.provenance.get("smoke"):  # --smoke has sliced the data already
+        subset = min(subset, len(ds.y_train))
+    keep, held, info = data.select(ds.y_train, seed=t.seed, subset=subset,
+                                   validation_split=t.validation_split, fixed=t.validation_fixed)
+    if not len(held):
+        return ds.x_train[keep], ds.y_train[keep], None, None, info
+    return ds.x_train[keep], ds.y_train[keep], ds.x_train[held], ds.y_train[held], info
 
 
 def _is_norm(layer) -> bool:
@@ -338,7 +342,7 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
     t0 = time.perf_counter()
     ds = data.load(spec.dataset, smoke=smoke)
     t, norm = spec.train, spec.model.norm
-    x_train, y_train, x_val, y_val = _split(ds, t)
+    x_train, y_train, x_val, y_val, selection = _split(ds, t)
     model, made = initial_model(spec, ds.input_shape, ds.num_classes)
     n_train = len(y_train)
     decayed = None
@@ -423,4 +427,5 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         warnings=warnings, history=history,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
         bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
-        optimizer_steps=fit.done_steps, saved_model=saved, contents=contents or None)
+        optimizer_steps=fit.done_steps, saved_model=saved, contents=contents or None,
+        selection=selection)

@@ -21,7 +21,10 @@ class GroupNormalization(keras.layers.Layer):
     Instance Normalization (per sample and channel over H, W). No statistic crosses samples, so the
     output of one sample never depends on the rest of its batch, in training or at inference.
 
-    Arguments and defaults are tensorflow-addons' (groups=2, epsilon=1e-3); weights are named
+    `group_size` (normbench's, not tfa's) sets the channels per group instead: the number of
+    groups is then the channel count divided by it, so one layer definition keeps the same group
+    size at every width (the GN paper's other setting). Other arguments and their defaults are
+    tensorflow-addons' (groups=2, epsilon=1e-3); weights are named
     `gamma` and `beta`. Under a mixed-precision policy, inputs are not cast down on the way in,
     statistics are computed in float32 (float64 for float64 inputs) and the output has the
     layer's compute dtype.
@@ -30,10 +33,13 @@ class GroupNormalization(keras.layers.Layer):
     def __init__(self, groups=2, axis=-1, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
                  beta_regularizer=None, gamma_regularizer=None,
-                 beta_constraint=None, gamma_constraint=None, **kwargs):
+                 beta_constraint=None, gamma_constraint=None, group_size=None, **kwargs):
         super().__init__(**kwargs)
         feature_norm_setup(self, axis, epsilon)
         self.groups = int(groups)
+        self.group_size = None if group_size is None else int(group_size)
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}")
         affine_init(self, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
                      gamma_regularizer, beta_constraint, gamma_constraint)
 
@@ -47,7 +53,14 @@ class GroupNormalization(keras.layers.Layer):
         if dim is None:
             raise ValueError(f"axis {self.axis} of the input must have a known size to split it "
                              f"into groups; got shape {shape}")
-        groups = dim if self.groups == -1 else self.groups
+        if self.group_size is not None:
+            if dim % self.group_size:
+                raise ValueError(f"group_size={self.group_size} does not divide the {dim} "
+                                 f"channels on axis {self.axis}; {dim} % {self.group_size} = "
+                                 f"{dim % self.group_size}")
+            groups = dim // self.group_size
+        else:
+            groups = dim if self.groups == -1 else self.groups
         if groups < 1 or groups > dim:
             raise ValueError(f"groups={self.groups} must be between 1 and the {dim} channels on "
                              f"axis {self.axis} (or -1 for one group per channel)")
@@ -77,6 +90,8 @@ class GroupNormalization(keras.layers.Layer):
             "axis": self.axis,
             "epsilon": self.epsilon,
             **affine_config(self),
+            # only when set: configs stay tensorflow-addons' own otherwise
+            **({"group_size": self.group_size} if self.group_size is not None else {}),
         }
 
 
