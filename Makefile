@@ -37,6 +37,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/normbench bench train --seeds 5 --epochs 4
 	$(BIN)/normbench bench layers
+	$(BIN)/normbench bench studynorms
 	$(BIN)/normbench bench cli
 	$(BIN)/normbench bench memory
 	$(BIN)/normbench bench workers --reps 3

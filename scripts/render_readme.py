@@ -127,8 +127,22 @@ def bench() -> str:
                 f"1 worker {wk['runs_per_min']['1']:.1f} runs/min, {wk['jobs']} workers "
                 f"{wk['runs_per_min'][str(wk['jobs'])]:.1f}: **{wk['ratio']:.2f}x** | >= 1.6x: "
                 f"{_met(wk['ratio'] >= 1.6)} |")
+    measured = [("train", t), ("layers", lay), ("cli", cli), ("memory", mem), ("workers", wk)]
+    if (BENCH / "studynorms.json").exists():
+        sn = _load(BENCH / "studynorms.json")
+        measured.append(("studynorms", sn))
+        by = {r["variant"]: r for r in sn["rows"]}
+        bn = by["BN"]["samples_per_s"]
+        for r in sn["rows"]:
+            if r["target"] is None:
+                continue
+            before = by.get(f"{r['variant']}, per-group formula (before)")
+            was = f" (the per-group formula it replaced: {before['vs_bn']:.2f}x)" if before else ""
+            rows.append(f"| `studynorms --reps {sn['reps']}`: {r['variant']} / plain BN (study "
+                        f"model, batch 64, SGD; BN {bn:,.0f}/s) | **{r['vs_bn']:.2f}x**{was} | "
+                        f">= {r['target']:.2f}x (step within 1.25x): {_met(r['met'])} |")
     machines: dict[str, list[str]] = {}
-    for name, found in (("train", t), ("layers", lay), ("cli", cli), ("memory", mem), ("workers", wk)):
+    for name, found in measured:
         env = found["env"]
         machines.setdefault(f"{env['cpu_count']} cores ({env['cpu']}), TF {env['tensorflow']}, "
                             f"Keras {env['keras']}", []).append(f"`{name}`")

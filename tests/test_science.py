@@ -111,8 +111,50 @@ def test_the_fused_path_is_taken_only_where_it_is_keras():
                   layers.BatchNormalization(renorm=True)):
         layer.build(x.shape)
         assert not layer._fusable(tf.constant(x), None)
+    ghost = layers.BatchNormalization(virtual_batch_size=2)
+    ghost.build(x.shape)
+    assert ghost._fusable_ghost(tf.constant(x), None)  # its own fused path (groups as channels)
+    for layer in (layers.BatchNormalization(virtual_batch_size=2, axis=1),
+                  layers.BatchNormalization(virtual_batch_size=2, renorm=True)):
+        layer.build(x.shape)
+        assert not layer._fusable_ghost(tf.constant(x), None)
+    assert not ghost._fusable_ghost(tf.constant(x, tf.float64), None)
     assert not plain._fusable(tf.constant(x, tf.float64), None)
     assert not plain._fusable(tf.constant(x[:, :, 0]), None)
+
+
+@pytest.mark.parametrize("v, n", [(2, 8), (4, 16), (16, 16)])
+def test_ghost_batches_through_the_fused_op_equal_the_unfused_path(v, n):
+    """Ghost BN with its groups folded into the channel axis of TF's fused op: outputs,
+    gradients (input, gamma, beta) and moving statistics equal the per-group formula's, eagerly
+    and compiled whole by XLA."""
+    rng = np.random.default_rng(v)
+    x = tf.constant(rng.normal(2, 3, size=(n, 5, 5, 6)).astype("float32"))
+    gamma = np.linspace(0.5, 2, 6).astype("float32")
+    got = {}
+    for fused, compiled in ((False, False), (True, False), (True, True)):
+        layers.FUSED_BN = fused
+        try:
+            layer = layers.BatchNormalization(virtual_batch_size=v, momentum=0.5)
+            layer.build(x.shape)
+            layer.gamma.assign(gamma)
+            assert layer._fusable_ghost(x, None) == fused
+
+            def step(x):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x, training=True)
+                    loss = tf.reduce_sum(y * tf.sin(y))
+                return (y, *tape.gradient(loss, [x, layer.gamma, layer.beta]))
+
+            out = tf.function(step, jit_compile=True)(x) if compiled else step(x)
+            got[(fused, compiled)] = [t.numpy() for t in out] + [
+                layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+        finally:
+            layers.FUSED_BN = True
+    for key in ((True, False), (True, True)):
+        for a, b in zip(got[key], got[(False, False)]):
+            assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), key
 
 
 def test_inference_is_unchanged_and_config_round_trips(tmp_path):

@@ -15,7 +15,7 @@ import importlib
 from types import ModuleType
 
 # name -> module normbench.bench.<name>; the CLI lists them in this order.
-BENCHMARKS = ("train", "floor", "startup", "layers", "cli", "memory", "workers")
+BENCHMARKS = ("train", "floor", "startup", "layers", "studynorms", "cli", "memory", "workers")
 
 
 def load(name: str) -> ModuleType:

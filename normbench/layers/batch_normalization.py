@@ -118,6 +118,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         mode = "train" if training else _BN_EVAL.get()
         if mode == "train" and self._fusable(inputs, mask):
             return self._fused_train(inputs)
+        if mode == "train" and self._fusable_ghost(inputs, mask):
+            return self._fused_ghost_train(inputs)
         if mode == "moving" or (mode == "train" and (self.ghost_batch_size is None
                                                      or not self.trainable)):
             return super().call(inputs, training=training, mask=mask)
@@ -148,6 +150,48 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 and not self.renorm and mask is None and not getattr(self, "synchronized", False)
                 and inputs.dtype == tf.float32 and self.compute_dtype == "float32"
                 and inputs.shape.rank == 4 and self._channel_axis(4) == 3)
+
+    def _fusable_ghost(self, inputs, mask) -> bool:
+        """Whether ghost batches can run through the fused op (their groups folded into the
+        channel axis); the same conditions as `_fusable`, on either Keras."""
+        import normbench.layers as package
+
+        return (package.FUSED_BN and self.trainable and self.ghost_batch_size is not None
+                and not self.renorm and mask is None and not getattr(self, "synchronized", False)
+                and inputs.dtype == tf.float32 and self.compute_dtype == "float32"
+                and inputs.shape.rank == 4 and self._channel_axis(4) == 3
+                and None not in tuple(inputs.shape[1:]))
+
+    def _fused_ghost_train(self, x):
+        """Ghost batches through TensorFlow's fused BN op: the k groups of v samples are folded
+        into the channel axis, (k*v, H, W, C) -> (v, H, W, k*C), so that the op's per-channel
+        statistics are each group's per-channel statistics; gamma and beta are tiled k times,
+        and the result is unfolded. Two transposes each way replace the ~15 separate ops of the
+        unfused path. The moving statistics are the whole batch's, as in `_whole_moments`."""
+        v = self.ghost_batch_size
+        _, h, w, c = x.shape
+        n = tf.shape(x)[0]
+        tf.debugging.assert_equal(n % v, 0, message=(
+            f"BatchNormalization: the batch size must be a multiple of virtual_batch_size={v}"))
+        k = n // v
+        folded = tf.reshape(tf.transpose(tf.reshape(x, [k, v, h, w, c]), [1, 2, 3, 0, 4]),
+                            [v, h, w, k * c])
+        gamma = self.gamma if self.scale else tf.ones([c], tf.float32)
+        beta = self.beta if self.center else tf.zeros([c], tf.float32)
+        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=folded, scale=tf.tile(tf.convert_to_tensor(gamma), [k]),
+            offset=tf.tile(tf.convert_to_tensor(beta), [k]),
+            mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+            epsilon=float(self.epsilon), data_format="NHWC", is_training=True)
+        y = tf.reshape(tf.transpose(tf.reshape(y, [v, h, w, k, c]), [3, 0, 1, 2, 4]),
+                       tf.shape(x))
+        count = float(v * h * w)  # the op's variance has Bessel's correction: undone here
+        means = tf.reshape(mean, [k, c])
+        variances = tf.reshape(variance, [k, c]) * (max(count - 1.0, 0.0) / count)
+        whole = tf.reduce_mean(means, axis=0)
+        spread = tf.reduce_mean(tf.square(means - whole), axis=0)
+        self._update_moving(whole, tf.reduce_mean(variances, axis=0) + spread)
+        return y
 
     def _fused_train(self, x):
         """Keras's training-mode BN in two fused ops (forward, gradient): the batch's biased
