@@ -215,6 +215,12 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
     `slurm:` block); `mlflow=True` and `tensorboard=DIR` log each finished run from this process;
     `retry_fallback=True` trains again the runs that trained on fallback data.
     Raises `NormbenchError` on bad input or when a run fails (the others are kept)."""
+    _check_types(overrides=(overrides, Mapping, True), sweep=(sweep, Mapping, True),
+                 results=(results, (str, os.PathLike), False), smoke=(smoke, bool, False),
+                 quiet=(quiet, bool, False), force=(force, bool, False),
+                 mlflow=(mlflow, bool, False), retry_fallback=(retry_fallback, bool, False),
+                 tensorboard=(tensorboard, (str, os.PathLike), True),
+                 executor=(executor, str, False))
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
         raise NormbenchError(f"jobs: expected 1..64, got {jobs!r}")
     if executor not in executors.ENGINES:
@@ -232,6 +238,24 @@ def run(spec: str | os.PathLike | Mapping | Spec, *, overrides: Mapping[str, Any
         raise NormbenchError("; ".join(f"{rid}: {why}" for rid, why in outcome.failed))
     found = [store.finished(results_dir, p.run_id) for p in plan.planned]
     return [r for r in found if r is not None]
+
+
+def _check_types(**arguments: tuple[Any, Any, bool]) -> None:
+    """Each argument of the Python API against its type(s) (None allowed where the flag says):
+    a wrong type is a NormbenchError naming it, never a TypeError from deep inside."""
+    for name, (value, kinds, optional) in arguments.items():
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) and kinds is not bool and bool not in (
+                kinds if isinstance(kinds, tuple) else (kinds,)):
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = kinds if isinstance(kinds, tuple) else (kinds,)
+            want = " or ".join(getattr(k, "__name__", str(k)) for k in names)
+            raise NormbenchError(f"{name}: expected {want}{' or None' if optional else ''}, "
+                                 f"got {type(value).__name__} {value!r:.60}")
 
 
 def make_trackers(results_dir: Path, mlflow: bool, tensorboard: str | os.PathLike | None) -> tuple:
@@ -259,6 +283,8 @@ def _filters(where: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
 def results_rows(results: str | os.PathLike = "results", *, runs: bool = False,
                  where: Mapping[str, Any] | Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The rows load_results puts in its DataFrame (no pandas needed)."""
+    _check_types(results=(results, (str, os.PathLike), False), runs=(runs, bool, False),
+                 where=(where, (Mapping, str, list, tuple), True))
     results_dir = Path(results)
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")

@@ -22,7 +22,10 @@ from normbench.errors import NormbenchError
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is printed as written: `normbench[ray]` is not markup
-    help="Train the tutorial CNN with a chosen normalization layer on MNIST and compare results.",
+    help="Which normalization layer should your CNN use, and why: train YAML specs (GroupNorm, "
+         "BatchNorm, ghost BN, LayerNorm, ...) on MNIST, Fashion-MNIST or your own data and "
+         "model; tune learning rates on held-out data; compare runs and report studies with "
+         "their statistics.",
     epilog="Norms: " + ", ".join(f"{n.name} ({n.summary})" for n in norms.NORMS.values()))
 
 SPECS = typer.Argument(..., metavar="SPEC", help="YAML spec file(s); see configs/.", show_default=False)
@@ -58,6 +61,13 @@ def _friendly(command):
             return command(*args, **kwargs)
         except NormbenchError as exc:
             console.error(str(exc))
+            raise typer.Exit(2) from None
+        except BrokenPipeError:  # `normbench ... | head`: the reader left; what ran is saved
+            console.reader_gone()
+            raise typer.Exit(141) from None  # as a shell reports a process ended by SIGPIPE
+        except OSError as exc:  # an unwritable --out, a read-only results directory, a full disk
+            where = f"{exc.filename}: " if exc.filename else ""
+            console.error(f"{where}{exc.strerror or exc}")
             raise typer.Exit(2) from None
 
     if command.__doc__:
@@ -153,6 +163,8 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
                                        "array_parallelism": slurm_parallel}.items() if v is not None}
     if slurm_options and executor is not Executor.slurm:
         raise NormbenchError("--slurm-* options apply to --executor slurm")
+    if quiet:  # read where data is downloaded, in this process and the workers it spawns
+        os.environ["NORMBENCH_QUIET"] = "1"
     if save_model:
         sets = [*sets, "train.save_model=true"]
     plan = api.plan_runs(_load_all(spec_files, sets, sweeps), results_dir, smoke=smoke, sets=sets,
@@ -213,6 +225,8 @@ def tune(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Pa
     `normbench report` then use the frozen rates. Resumable; the test set is never read to choose."""
     from normbench import tuning
 
+    if quiet:
+        os.environ["NORMBENCH_QUIET"] = "1"
     for g in _load_all(spec_files, sets, []):
         table, path = api.tune(g, results_dir, smoke=smoke, quiet=quiet, jobs=jobs)
         rates = sorted({float(r) for row in table for r in row["held_out_error"]})
@@ -288,6 +302,9 @@ def compare(results_dir: Path = RESULTS,
 
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
+    if runs and (by or baseline):  # both group experiments; --runs lists runs one by one
+        raise NormbenchError(f"{'--by' if by else '--baseline'} compares experiments, not single "
+                             "runs: drop --runs (or use --where to pick runs)")
     if (fail_under or fail_over or junit_xml) and by:
         raise NormbenchError("--fail-under, --fail-over and --junit-xml check experiments or runs, "
                              "not a --by pivot")
@@ -341,9 +358,18 @@ def export(target: Target = typer.Argument(..., help="mlflow or tensorboard."),
         (tracker,) = api.make_trackers(results_dir, True, None)
     else:
         (tracker,) = api.make_trackers(results_dir, False, logdir or results_dir / "tensorboard")
+    failed = []
     for record in records:
-        tracker.log(record, store.run_dir(results_dir, record.run_id))
+        try:
+            tracker.log(record, store.run_dir(results_dir, record.run_id))
+        except Exception as exc:  # a tracking server down: say which runs were not logged
+            failed.append((record.run_id, " ".join(str(exc).split())[:300] or type(exc).__name__))
     console.note(tracker.how_to_open())
+    if failed:
+        console.error(f"{len(failed)} run(s) not logged ({', '.join(r for r, _ in failed[:5])}"
+                      f"{' ...' if len(failed) > 5 else ''}): {failed[0][1]}; run the same "
+                      "command again once it is reachable (nothing is logged twice)")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -352,11 +378,18 @@ def rm(results_dir: Path = RESULTS,
        filters: List[str] = typer.Option([], "--where", metavar="FIELD=VALUE",
                                          help="Delete the runs that match (as compare's --where; "
                                               "e.g. tags=pilot). Required."),
-       dry_run: bool = typer.Option(False, "--dry-run", help="List the runs; delete nothing.")) -> None:
-    """Delete runs by filter: lists them first, then removes each run directory whole and
-    rebuilds the summaries. A run in progress elsewhere is left alone."""
+       dry_run: bool = typer.Option(False, "--dry-run", help="List the runs; delete nothing."),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (on a terminal "
+                                "rm lists the runs and asks first).")) -> None:
+    """Delete runs by filter: lists them first, asks on a terminal (unless --yes), then removes
+    each run directory whole and rebuilds the summaries. A run in progress elsewhere is left
+    alone."""
     if not filters:
         raise NormbenchError("rm needs at least one --where FIELD=VALUE (it never deletes everything)")
+    empty = [f for f in filters if not f.partition("=")[2].strip()]
+    if empty:  # `--where tags=$TAG` with TAG unset: never read as "whatever matches"
+        raise NormbenchError(f"rm --where {empty[0]!r}: the value is empty (an unset shell "
+                             "variable?); give the value to match (null matches a missing one)")
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
     records, _ = store.load_records(results_dir)
@@ -366,6 +399,10 @@ def rm(results_dir: Path = RESULTS,
     console.show(rows, ("run_id", "status", "what"), title)
     if dry_run or not chosen:
         return
+    if not yes and sys.stdin is not None and sys.stdin.isatty():
+        if not typer.confirm(f"delete these {len(chosen)} run(s)?", default=False, err=True):
+            console.note("nothing deleted")
+            raise typer.Exit(1)
     busy = [r.run_id for r in chosen if not store.delete(results_dir, r.run_id)]
     tables.write_summaries(results_dir)
     console.note(f"deleted {len(chosen) - len(busy)} run(s)"
@@ -406,7 +443,7 @@ def plot(results_dir: Path = RESULTS,
 
 @app.command()
 @_friendly
-def report(spec_files: List[Path] = SPECS, results_dir: Path = RESULTS,
+def report(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Path = RESULTS,
            out_dir: Path = typer.Option(None, "--out", help="Where report.md, report.html and "
                                         "the PNGs go (default: RESULTS/reports/NAME)."),
            smoke: bool = typer.Option(False, "--smoke", help="Report the --smoke runs."),
@@ -422,7 +459,7 @@ def report(spec_files: List[Path] = SPECS, results_dir: Path = RESULTS,
 
     if not results_dir.is_dir():
         raise NormbenchError(f"results directory {results_dir}: not found")
-    study = studies.load_study(list(spec_files), results_dir, smoke=smoke)
+    study = studies.load_study(list(spec_files), results_dir, smoke=smoke, overrides=sets)
     target = out_dir or results_dir / "reports" / study.name
     if target.exists() and not target.is_dir():
         raise NormbenchError(f"--out {target}: is a file, not a directory")
@@ -506,6 +543,9 @@ def main() -> None:
     no_args = getattr(click, "NoArgsIsHelpError", None)  # click >= 8.2; 8.1 exits 0 by itself
     try:
         code = app(standalone_mode=False)
+    except BrokenPipeError:  # `normbench ... | head`: the reader left; what ran is saved
+        console.reader_gone()
+        code = 141  # as a shell reports a process ended by SIGPIPE
     except click.UsageError as exc:
         if no_args is not None and isinstance(exc, no_args):  # the help has printed itself
             code = 2
@@ -518,4 +558,11 @@ def main() -> None:
     except click.ClickException as exc:
         console.error(" ".join(exc.format_message().split()))
         code = exc.exit_code
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    try:
+        if sys.stdout is not None:  # None: started with stdout closed, nothing to flush
+            sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        console.reader_gone()
+        code = code or 141
+    sys.exit(code)

@@ -8,6 +8,7 @@ Control and bidi characters in it (a record's ESC sequences) are printed as esca
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Iterable
 
@@ -20,12 +21,35 @@ from rich.text import Text
 from normbench import tables
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich's own handling exits 1 in silence; the CLI reports a closed pipe as a shell does
+        (exit 141), so the BrokenPipeError goes on to it (rich < 13.4 never catches it)."""
+        self.quiet = True
+        raise BrokenPipeError("stdout's reader has gone")
+
+
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
+    if stream is None:  # started with the stream closed (`normbench compare >&-`): discard
+        return _Console(file=open(os.devnull, "w"), highlight=False, markup=False, emoji=False,
+                       soft_wrap=True, width=200)
     # Piped or captured output is not cut to 80 columns: it is read by programs and in files.
     width = None if stderr or stream.isatty() else 200
-    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True,
-                   width=width)
+    return _Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True,
+                    width=width)
+
+
+def reader_gone() -> None:
+    """stdout's reader has gone (a closed pipe): send what is left to /dev/null, so that Python's
+    final flush does not fail again, and say nothing more there."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 out = _console(stderr=False)
@@ -133,18 +157,34 @@ def _min_width(rows: list[dict], columns: list[str], cells: dict[str, list[str]]
     return width + 2 * len(columns)
 
 
-def table(rows: list[dict], columns: Iterable[str], title: str, console: Console = out) -> Table:
+def table(rows: list[dict], columns: Iterable[str], title: str, console: Console = out):
     """A table of `rows` that fits the console: optional columns nobody needs are left out;
     when still too wide, text columns wrap, then columns in DROP_ORDER go."""
     shown = tables.shown_columns(rows, columns)
     cells = {c: [_cell(c, row.get(c)) for row in rows] for c in shown}
     width = console.width
+    every = list(shown)
     for column in DROP_ORDER:
         if _min_width(rows, shown, cells) <= width:
             break
         if column in shown:
             shown = [c for c in shown if c != column]
+    if _min_width(rows, shown, cells) > width:
+        return _vertical(rows, every, cells, title)
     return _build(rows, shown, cells, title)
+
+
+def _vertical(rows: list[dict], columns: list[str], cells: dict[str, list[str]], title: str):
+    """Too narrow for columns side by side (a 60-column terminal): one block per row, each value
+    after its label on a line of its own, never cut (the terminal wraps a long line whole)."""
+    from rich.console import Group
+
+    lines = [_text(title)]
+    for i in range(len(rows)):
+        lines.append(Text(""))
+        lines += [_text(f"{HEADERS.get(c, c)}: {cells[c][i]}")
+                  for c in columns]
+    return Group(*lines)
 
 
 def show(rows: list[dict], columns: Iterable[str], title: str) -> None:

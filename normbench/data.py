@@ -188,7 +188,10 @@ def _download(fname: str, origin: str, subdir: str, sha256: str | None = None) -
     target = root / subdir
     try:
         target.mkdir(parents=True, exist_ok=True)  # else Keras silently caches in /tmp/.keras
-        with contextlib.redirect_stdout(sys.stderr):
+        # -q (NORMBENCH_QUIET, set by the CLI, inherited by workers) hides Keras's progress
+        sink = open(os.devnull, "w") if os.environ.get("NORMBENCH_QUIET") else sys.stderr
+        with sink if sink is not sys.stderr else contextlib.nullcontext(), \
+                contextlib.redirect_stdout(sink):
             return Path(keras.utils.get_file(fname, origin=origin, file_hash=sha256,
                                              cache_subdir=subdir, cache_dir=str(root)))
     except ValueError:

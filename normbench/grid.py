@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from normbench.identity import spec_hash
 from normbench.spec import Spec, for_smoke, validate
 
 MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 32  # levels of nested mappings and lists in a spec or a -s value
 
 
 class _Loader(yaml.SafeLoader):
@@ -26,14 +28,15 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
             try:
-                seen.add(key)
+                hash(key)  # a list or mapping as a key ({[a]: 1}) is not a field name
             except TypeError:
                 raise yaml.constructor.ConstructorError(
                     None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -49,11 +52,22 @@ def parse_yaml(text: str, where: str) -> Any:
     try:
         # A few lines of nested aliases ("billion laughs") expand to gigabytes; a spec has
         # nothing to repeat, so anchors and aliases are refused outright.
+        # Nesting is counted on the event stream, before any node is built: a spec nested
+        # 10,000 levels deep took half a minute to reach Python's recursion limit.
+        depth = 0
         for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.AliasEvent):
                 mark = event.start_mark
                 raise NormbenchError(f"{where}: YAML alias *{event.anchor} (line {mark.line + 1}):"
                                      " anchors and aliases are not allowed in a spec")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise NormbenchError(f"{where}: nested more than {MAX_DEPTH} levels deep "
+                                         f"(line {mark.line + 1}); a spec needs a handful")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except RecursionError:
         raise NormbenchError(f"{where}: invalid YAML: nested too deeply") from None
@@ -220,7 +234,7 @@ def load_grid(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
         apply_override(doc, override)
     doc.setdefault("name", path.stem)
     grids, seeds = _grid(doc, where, [parse_sweep_option(o) for o in sweeps] + list(axes))
-    count = sum(len(list(itertools.product(*g.values()))) for g in grids)
+    count = sum(math.prod(len(v) for v in g.values()) for g in grids)  # counted, not expanded
     if count * max(1, len(seeds)) > MAX_RUNS:
         raise NormbenchError(f"{where}: the sweep has {count * max(1, len(seeds))} runs "
                              f"(limit {MAX_RUNS})")

@@ -200,14 +200,18 @@ def _find(runs: list[specs.Spec], results_dir: Path, smoke: bool
             [rid for rid, r in found.items() if r is None])
 
 
-def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -> Study:
-    """The runs the spec files describe, found in the results directory by run id."""
+def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False,
+               overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """The runs the spec files describe (with `-s` overrides, as they were run), found in the
+    results directory by run id."""
     # a spec with a tune: block gets its frozen learning rates (its run ids depend on them)
     runs = [s for path in spec_files
-            for s in tuning.apply(grid.load_grid(path), results_dir, smoke).runs]
-    records, missing = _find(grid.smoke(runs) if smoke else runs, results_dir, smoke)
+            for s in tuning.apply(grid.load_grid(path, overrides), results_dir, smoke).runs]
+    records, missing = _find(grid.smoke(runs, list(overrides)) if smoke else runs, results_dir,
+                             smoke)
     if not records:
-        other, _ = _find(runs if smoke else grid.smoke(runs), results_dir, not smoke)
+        other, _ = _find(runs if smoke else grid.smoke(runs, list(overrides)), results_dir,
+                         not smoke)
         files = ", ".join(map(str, spec_files))
         if other and not smoke:
             raise NormbenchError(f"no finished full-size runs of {files} in {results_dir}; "
@@ -216,10 +220,12 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False) -
         if other:
             raise NormbenchError(f"no --smoke runs of {files} in {results_dir}; its "
                                  f"{len(other)} finished run(s) there are full-size: drop --smoke")
-        raise NormbenchError(f"no finished runs of {files} in {results_dir}: run them first "
-                             "(normbench run ...)")
+        sets = "".join(f" -s {o}" for o in overrides)
+        raise NormbenchError(f"no finished runs of {files}{sets} in {results_dir}: run them first "
+                             "(normbench run ...), or give report the -s overrides they were "
+                             "run with")
     if smoke:
-        runs = grid.smoke(runs)
+        runs = grid.smoke(runs, list(overrides))
     x_label, x_of = _x_axis(records)
     depths = {tables.value_label(tables.flat_spec(r.spec).get("model.widths")) for r in records}
 

@@ -198,7 +198,15 @@ def matches(value: Any, raw: str, path: str = "") -> bool:
     if path == "tags":  # a run matches each of its tags
         return raw.strip() in value if raw.strip().lower() not in NULLS else not value
     raw = _canonical_value(path, raw.strip())
-    return value_label(value) == raw or str(value).lower() == raw.lower()
+    if value_label(value) == raw or str(value).lower() == raw.lower():
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:  # 1000 matches a stored 1000.0, 1e-3 a stored 0.001
+            number = float(raw)
+        except ValueError:
+            return False
+        return math.isfinite(number) and float(value) == number
+    return False
 
 
 def parse_filters(filters: list[str], option: str = "--where") -> list[tuple[str, str]]:

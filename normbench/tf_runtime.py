@@ -8,6 +8,7 @@ Imports nothing of normbench: `import normbench.layers` loads this and no termin
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import sys
@@ -89,4 +90,7 @@ def quiet_tensorflow():
             os.dup2(saved, 2)
     _mute_native_logs_from_now_on(saved)
     os.close(saved)
+    # TF's Python warnings about tf.function retracing are about its own loop, not the user's
+    # run: shown with -v only
+    tf.get_logger().setLevel(logging.ERROR)
     return tf

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 import normbench
 from normbench import store, tables
 from normbench.errors import NormbenchError
@@ -50,11 +52,21 @@ def final_metrics(record: store.RunRecord) -> dict[str, float]:
     return {k: float(v) for k, v in found.items() if v is not None and math.isfinite(v)}
 
 
+# MLflow's HTTP client retries a dead server for minutes (7 retries with exponential backoff,
+# 120 s each): two smoke runs took 506 s against a closed port. Unless the user set them, one
+# retry and 10 s per request; and after the first failure an invocation stops trying.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 class MLflow:
     """Logs records to an MLflow tracking store: MLFLOW_TRACKING_URI, else a local SQLite store
     in the results directory (`mlflow ui --backend-store-uri ...` opens it). The experiment is
     MLFLOW_EXPERIMENT_NAME, else the spec's name. A run is found by its `normbench.run_id` tag
-    and never logged twice."""
+    and never logged twice: the look-up and the logging hold a lock in the results directory, so
+    two processes exporting the same records (or a sweep and an export) log each run once. After
+    a failure (a server down) the invocation logs nothing more: each later run fails at once
+    with the first failure's reason, and `normbench export mlflow` logs them later."""
 
     def __init__(self, results_dir: Path):
         try:
@@ -65,9 +77,35 @@ class MLflow:
         self.local = not os.environ.get("MLFLOW_TRACKING_URI")
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or \
             f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
-        self.client = MlflowClient(tracking_uri=self.uri)
+        db = results_dir / "mlflow.db"
+        if self.local and db.exists():  # a damaged store fails deep in SQLAlchemy otherwise
+            try:
+                if not db.is_file():  # a FIFO or device would block
+                    raise OSError(f"{db}: not a regular file")
+                with db.open("rb") as f:
+                    head = f.read(16)
+            except OSError as exc:
+                raise NormbenchError(f"{db}: cannot read it ({exc.strerror or exc})") from None
+            if head != b"SQLite format 3\x00":
+                raise NormbenchError(f"{db}: not an SQLite database (damaged?): move it aside, "
+                                     "and normbench export mlflow logs the runs again from their "
+                                     "records")
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        self.lock = filelock.FileLock(str(results_dir / ".mlflow.lock"))
+        if not self.local:
+            self.client = MlflowClient(tracking_uri=self.uri)
+        else:  # a new SQLite store's tables are made on first use: one process at a time
+            try:
+                with self.lock:
+                    self.client = MlflowClient(tracking_uri=self.uri)
+                    self.client.search_experiments(max_results=1)
+            except Exception as exc:
+                raise NormbenchError(f"{results_dir / 'mlflow.db'}: cannot open the MLflow store "
+                                     f"({' '.join(str(exc).split())[:200]})") from None
         self.experiments: dict[str, str] = {}
         self.logged = self.skipped = 0
+        self.down: str | None = None  # the first failure's reason
 
     def _experiment(self, name: str) -> str:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or name
@@ -88,6 +126,17 @@ class MLflow:
     def log(self, record: store.RunRecord, run_dir: Path) -> bool:
         """Log one run (params, per-epoch and final metrics, tags, the run directory as
         artifacts); False if the store already has it."""
+        if self.down is not None:
+            raise RuntimeError(f"not logged: MLflow failed earlier in this invocation "
+                               f"({self.down}); normbench export mlflow logs it later")
+        try:
+            with self.lock:
+                return self._log(record, run_dir)
+        except Exception as exc:
+            self.down = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise
+
+    def _log(self, record: store.RunRecord, run_dir: Path) -> bool:
         from mlflow.entities import Metric, Param, RunTag
 
         experiment = self._experiment(record.name)
@@ -136,6 +185,8 @@ class TensorBoard:
         except ImportError:
             raise NormbenchError("--tensorboard needs TensorBoard: pip install "
                                  "'normbench[tensorboard]'") from None
+        if logdir.exists() and not logdir.is_dir():
+            raise NormbenchError(f"--tensorboard/--logdir {logdir}: is a file, not a directory")
         self.logdir = logdir
         self.written = self.skipped = 0
 

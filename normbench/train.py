@@ -351,6 +351,12 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         decayed = [v for v in model.trainable_variables if id(v) not in norm_vars]
     fit = Fit(model, None, t, drop_rest=norm.virtual_batch_size is not None, decayed=decayed)
     epochs, total_steps, dropped = fit.plan(n_train)
+    if total_steps < 1:  # e.g. batch 2048 over --smoke's 1,000 images with ghost batches
+        raise NormbenchError(f"train.batch_size {t.batch_size} leaves no training step over the "
+                             f"{n_train} training images" + (
+                                 " (with virtual_batch_size a last smaller batch is dropped)"
+                                 if norm.virtual_batch_size else "")
+                             + f": use a batch of at most {n_train}")
     per_epoch = math.ceil(total_steps / epochs)
     optimizer = make_optimizer(t, total_steps, per_epoch)
     fit.attach(optimizer)

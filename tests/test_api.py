@@ -170,3 +170,56 @@ def test_run_from_a_worker_thread_leaves_signals_alone(tmp_path):
     worker.join(timeout=300)
     assert not worker.is_alive() and "error" not in found, found.get("error")
     assert len(found["records"]) == 1
+
+
+def test_bad_argument_types_are_normbench_errors_in_a_fresh_process(tmp_path):
+    """Each raised a TypeError or AttributeError from deep inside before (issue 27, item 7);
+    none may create the results directory."""
+    import subprocess
+    import sys
+
+    (tmp_path / "s.yaml").write_text("name: s\ndataset: mnist-10k\n")
+    script = """
+import sys, normbench
+calls = {
+    "overrides": lambda: normbench.run("s.yaml", overrides=5, results="out"),
+    "sweep": lambda: normbench.run("s.yaml", sweep=[1], results="out"),
+    "sweep values": lambda: normbench.run("s.yaml", sweep={"train.batch_size": 3}, results="out"),
+    "results": lambda: normbench.run("s.yaml", results=5),
+    "smoke": lambda: normbench.run("s.yaml", smoke="yes", results="out"),
+    "executor": lambda: normbench.run("s.yaml", executor="bogus", results="out"),
+    "tensorboard file": lambda: normbench.run("s.yaml", tensorboard="s.yaml", smoke=True,
+                                              results="out"),
+    "load_results": lambda: normbench.load_results(5),
+    "where": lambda: normbench.load_results(".", where=5),
+}
+for name, call in calls.items():
+    try:
+        call()
+        print(name, "no error")
+    except normbench.NormbenchError as exc:
+        print(name, "NormbenchError")
+    except BaseException as exc:
+        print(name, type(exc).__name__, exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 9 and all(line.endswith(" NormbenchError") for line in lines), done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_where_matches_numbers_by_value_and_runs_refuses_by(tmp_path):
+    import subprocess
+    import sys
+
+    from normbench.bench.cli import fake_records
+
+    fake_records(tmp_path, 4)  # learning rate 0.001 stored as a float
+    run = lambda *a: subprocess.run([sys.executable, "-m", "normbench", *a, "--results",  # noqa: E731
+                                     str(tmp_path)], capture_output=True, text=True, timeout=300)
+    for value in ("0.001", "1e-3", "0.0010"):
+        done = run("compare", "--runs", "-f", "json", "--where", f"train.learning_rate={value}")
+        assert done.returncode == 0 and done.stdout.count('"run_id"') == 4, (value, done.stderr)
+    done = run("compare", "--runs", "--by", "train.batch_size")
+    assert done.returncode == 2 and "drop --runs" in done.stderr

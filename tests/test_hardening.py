@@ -51,7 +51,7 @@ SPECS = [
      "invalid YAML"),
     ("python name tag", b"name: a\ntrain: !!python/name:os.system\n", [], "invalid YAML"),
     ("YAML alias bomb", b"a: &a [1, 1]\nb: [*a, *a]\nname: x\n", [], "aliases are not allowed"),
-    ("nested too deeply", b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", [], "nested too deeply"),
+    ("nested too deeply", b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", [], "levels deep"),
     ("binary garbage", bytes(range(256)) * 4, [], "binary file"),
     ("not UTF-8", "name: caf\u00e9\n".encode("latin-1"), [], "not UTF-8"),
     ("huge file", b"# " + b"x" * (2 << 20) + b"\n", [], "too large for a spec"),
@@ -485,3 +485,75 @@ def test_read_only_results_directory_is_an_error_before_training(tmp_path, read_
     _assert_one_line_error(done, f"results directory {read_only_dir}: not writable")
     assert time.monotonic() - start < 30  # refused before loading data or TensorFlow
     assert list(read_only_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, text, message", [
+    # three axes of 1,000 values: 10^9 points, counted before anything is expanded (this took
+    # 21 s and 3.9 GB to end in a MemoryError)
+    ("huge", "name: huge\nsweep:\n" + "".join(
+        f"  {k}: [{', '.join(f'{i / 1000 + 1e-4:g}' for i in range(1000))}]\n"
+        for k in ("train.learning_rate", "model.norm.epsilon", "train.momentum")),
+     "the sweep has 1000000000 runs (limit 10000)"),
+    # nested 10,000 levels: refused from the event stream (this took 37 s)
+    ("deep", "name: deep\ntags: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested more than 32"),
+])
+def test_a_spec_too_large_to_expand_is_refused_before_it_is_built(tmp_path, name, text, message):
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(text)
+    done = _cli(["validate", str(spec)], cwd=tmp_path)  # under the helper's timeout
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-500:]
+    assert "Traceback" not in done.stderr
+    (tmp_path / "ok.yaml").write_text("name: ok\n")
+    deep = "[" * 10_000 + "]" * 10_000
+    done = _cli(["validate", str(tmp_path / "ok.yaml"), "-s", f"tags={deep}"], cwd=tmp_path)
+    assert done.returncode == 2 and "nested more than 32" in done.stderr, done.stderr[-300:]
+
+
+def _fake_results(tmp_path: Path) -> tuple[Path, Path]:
+    from normbench.bench.cli import fake_records
+
+    results = tmp_path / "r"
+    results.mkdir()
+    return results, fake_records(results, 4)
+
+
+@pytest.mark.parametrize("case", ["report --out", "export tensorboard --logdir", "mlflow.db",
+                                  "yaml key", "-s key", "--sweep key"])
+def test_environment_and_input_errors_are_one_line(tmp_path, case):
+    """Each of these ended in a traceback before (issue 27, item 3)."""
+    results, spec = _fake_results(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    (tmp_path / "ok.yaml").write_text("name: ok\n")
+    (tmp_path / "key.yaml").write_text("name: a\n{[a]: 1}: 2\n")
+    args, message = {
+        "report --out": (["report", str(spec), "--results", str(results), "--out",
+                          str(a_file / "x")], "Not a directory"),
+        "export tensorboard --logdir": (["export", "tensorboard", "--results", str(results),
+                                         "--logdir", str(a_file)], "is a file, not a directory"),
+        "mlflow.db": (["export", "mlflow", "--results", str(results)], "not an SQLite database"),
+        "yaml key": (["validate", str(tmp_path / "key.yaml")], "a mapping key must be a plain value"),
+        "-s key": (["validate", str(tmp_path / "ok.yaml"), "-s", "x={[a]: 1}"],
+                   "a mapping key must be a plain value"),
+        "--sweep key": (["validate", str(tmp_path / "ok.yaml"), "--sweep",
+                         "train.batch_size={[a]: 1}"], "a mapping key must be a plain value"),
+    }[case]
+    if case == "mlflow.db":
+        pytest.importorskip("mlflow")
+        (results / "mlflow.db").write_text("not a database\n")
+    if case == "export tensorboard --logdir":
+        pytest.importorskip("tensorboard")
+    done = _cli(args, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-800:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_larger_than_the_smoke_data_is_a_clear_error(tmp_path):
+    """Batch 2048 with ghost batches of 2 over --smoke's 1,000 images: ZeroDivisionError before."""
+    spec = tmp_path / "big.yaml"
+    spec.write_text("name: big\ndataset: mnist-10k\nmodel: {norm: {type: batch, "
+                    "virtual_batch_size: 2}}\ntrain: {batch_size: 2048}\n")
+    done = _cli(["run", str(spec), "--smoke", "-q", "--results", str(tmp_path / "r")],
+                cwd=tmp_path, timeout=300)
+    assert done.returncode == 2 and "leaves no training step" in done.stderr, done.stderr[-800:]
+    assert "Traceback" not in done.stderr and "ZeroDivisionError" not in done.stderr

@@ -50,3 +50,45 @@ def test_rm_needs_a_filter_and_refuses_bad_tags(tmp_path):
     bad.write_text("name: b\ntags: ['../x']\n")
     done = cli("validate", bad)
     assert done.returncode == 2 and "tags" in done.stderr and "Traceback" not in done.stderr
+
+
+def _fake_results(tmp_path: Path, count: int = 4) -> Path:
+    from normbench.bench.cli import fake_records
+
+    results = tmp_path / "r"
+    results.mkdir()
+    fake_records(results, count)
+    return results
+
+
+def test_rm_refuses_an_empty_filter_value(tmp_path):
+    """`--where tags=` (an unset shell variable) deleted every run before."""
+    results = _fake_results(tmp_path)
+    for where in ("tags=", "tags= ", "name="):
+        done = cli("rm", "--where", where, "--results", results)
+        assert done.returncode == 2 and "the value is empty" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert len(list((results / "runs").glob("*-*"))) == 4
+
+
+def test_rm_asks_on_a_terminal_and_yes_skips_the_question(tmp_path):
+    import os
+    import pty
+
+    results = _fake_results(tmp_path)
+    name = next((results / "runs").glob("*-*")).name.rsplit("-", 1)[0]
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "normbench", "rm", "--where",
+                                 f"name={name}", "--results", str(results)], cwd=ROOT,
+                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        os.write(master, b"n\n")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 1 and "nothing deleted" in err, err
+    assert len(list((results / "runs").glob("*-*"))) == 4
+    done = cli("rm", "--where", f"name={name}", "--yes", "--results", results)
+    assert done.returncode == 0 and "deleted 4 run(s)" in done.stderr

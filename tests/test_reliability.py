@@ -302,7 +302,7 @@ def test_user_text_is_printed_literally(tmp_path):
     assert str(odd / "missing [/x].yaml") in one_error_line(bad)
 
 
-@pytest.mark.parametrize("width", [80, 100, 120])
+@pytest.mark.parametrize("width", [20, 60, 80, 100, 120])
 def test_the_terminal_table_keeps_every_number_visible(make_record, width):
     import io
 
@@ -319,7 +319,8 @@ def test_the_terminal_table_keeps_every_number_visible(make_record, width):
     from normbench.tables import TERMINAL_GROUP_COLUMNS as TABLE_GROUP
 
     buffer = io.StringIO()
-    term = Console(file=buffer, width=width, markup=False, emoji=False)
+    # as normbench's own console: soft wrap (a line too long for the terminal wraps whole)
+    term = Console(file=buffer, width=width, markup=False, emoji=False, soft_wrap=True)
     term.print(console.table(rows, TABLE_GROUP, "title", console=term))
     text = buffer.getvalue()
     assert "…" not in text
@@ -327,6 +328,9 @@ def test_the_terminal_table_keeps_every_number_visible(make_record, width):
         assert f"{100 * row['test_acc_mean']:.2f}" in text
         assert f"{100 * row['test_err_mean']:.2f}" in text
     assert "acc %" in text and "error %" in text
+    if width <= 60:  # too narrow for columns: each row's values under their labels, names whole
+        assert text.count("name: longexperimentname") == len(rows), text
+        assert text.count("norm: ") == len(rows)
 
 
 def test_files_respect_the_umask(tmp_path, make_record):
@@ -565,3 +569,37 @@ def test_an_npz_that_is_a_fifo_or_a_device_is_one_error_line(tmp_path):
         spec.write_text(f"name: f\ndataset: 'npz:{target}'\n")
         done = cli("validate", spec, timeout=60)
         assert done.returncode == 2 and "not a regular file" in done.stderr, done.stderr
+
+
+def test_closed_and_broken_stdout(tmp_path):
+    """`compare >&-` died at import (isatty on None); a reader that leaves (`| head -c 10`)
+    ended in exit 1 without a word. Now: the command runs, and a closed pipe exits 141 (as a
+    shell reports SIGPIPE), with no traceback."""
+    import shlex
+
+    from normbench.bench.cli import fake_records
+
+    fake_records(tmp_path, 600)  # a listing larger than a pipe's buffer
+    base = f"{shlex.quote(sys.executable)} -m normbench compare --runs --results {tmp_path}"
+    closed = subprocess.run(["bash", "-c", f"exec 1>&-; {base}"], capture_output=True, text=True,
+                            timeout=120)
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr[-500:]
+    for fmt in ("table", "csv"):
+        proc = subprocess.Popen(shlex.split(base) + ["-f", fmt], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.close()  # the reader leaves before anything is read
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141 and "Traceback" not in err, (fmt, err[-500:])
+        proc.stderr.close()
+
+
+def test_quiet_hides_keras_downloads_and_tf_retracing_warnings(tmp_path):
+    """-q printed TF's 'triggered tf.function retracing' warnings (several runs in one
+    process) and Keras's 'Downloading data' before."""
+    spec = tmp_path / "q.yaml"
+    spec.write_text("name: q\ndataset: mnist\nseeds: 6\n")  # offline here: mnist falls back
+    done = subprocess.run([sys.executable, "-m", "normbench", "run", str(spec), "--smoke", "-q",
+                           "--results", str(tmp_path / "r")], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "NORMBENCH_CACHE_DIR": str(tmp_path / "c")})
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "retracing" not in done.stderr and "Downloading data" not in done.stderr, done.stderr

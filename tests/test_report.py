@@ -106,3 +106,22 @@ def test_every_run_counts_in_the_cell_of_its_own_configuration(tmp_path, axis, v
     name = axis.rsplit(".", 1)[-1]
     for value in values.strip("[]").split(", "):
         assert f"{name}={value}" in table, table
+
+
+def test_report_finds_runs_made_with_overrides(tmp_path):
+    """Runs made with -s (as the README's examples are) are found when report gets the same -s,
+    and without it the error says to give them (issue 27, item 6: before, no -s at all)."""
+    pytest.importorskip("matplotlib")
+    from normbench import grid, store
+    from normbench.bench.cli import fake_record
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s6\nseeds: 2\nsweep: {model.norm.type: [batch, group]}\n")
+    for i, run in enumerate(grid.load_runs(spec, ["dataset=mnist-10k"])):
+        store.save(fake_record(run, i), "x\n", tmp_path / "r")
+    done = cli("report", spec, "--results", tmp_path / "r", "--out", tmp_path / "out")
+    assert done.returncode == 2 and "give report the -s overrides" in done.stderr
+    done = cli("report", spec, "-s", "dataset=mnist-10k", "--results", tmp_path / "r",
+               "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "(n=2)" in (tmp_path / "out" / "report.md").read_text()

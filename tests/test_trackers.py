@@ -106,8 +106,12 @@ def test_slurm_through_submitits_local_executor_resumes(spec, tmp_path):
 
 def test_slurm_without_slurm_is_one_error_line(spec, tmp_path):
     pytest.importorskip("submitit")
+    # PATH is an empty directory: /usr/bin:/bin holds Debian's sbatch where slurm-wlm is
+    # installed, and the test must not depend on what the machine happens to lack
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
     done = cli("run", spec, "--smoke", "--executor", "slurm", "--results", tmp_path / "r",
-               env={"NORMBENCH_SUBMITIT_CLUSTER": "", "PATH": "/usr/bin:/bin"})
+               env={"NORMBENCH_SUBMITIT_CLUSTER": "", "PATH": str(empty)})
     assert done.returncode == 2 and "sbatch is not on PATH" in done.stderr
     bad = cli("run", spec, "--smoke", "--slurm-time", "5", "--results", tmp_path / "r")
     assert bad.returncode == 2 and "apply to --executor slurm" in bad.stderr
@@ -120,3 +124,47 @@ def test_tracking_and_executor_options_never_change_run_ids(spec, tmp_path):
                 "--save-model", "--results", tmp_path / "r").stdout
     ids = lambda text: [w for w in text.split() if w.startswith("tracked-")]  # noqa: E731
     assert ids(base) and ids(base) == ids(other)
+
+
+def test_an_unreachable_mlflow_server_costs_seconds_and_names_the_runs(spec, tmp_path):
+    """Against a closed port two smoke runs took 506 s of MLflow's retries before, in silence.
+    Now: one bounded failure, the rest of the invocation skips at once, runs stay saved, and
+    export says which runs were not logged (exit 1)."""
+    pytest.importorskip("mlflow")
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        os.environ.pop(name, None)  # the defaults normbench sets are what is tested
+    done = subprocess.run([sys.executable, "-m", "normbench", "run", str(spec), "--smoke", "-q",
+                           "--mlflow", "--results", str(tmp_path / "r")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr[-1500:]  # the runs are what matters: saved
+    assert len(list((tmp_path / "r" / "runs").glob("tracked-*"))) == 2
+    assert done.stderr.count("(the run is saved)") == 2
+    assert "failed earlier in this invocation" in done.stderr  # the second did not retry
+    again = cli("export", "mlflow", "--results", tmp_path / "r", env=env)
+    assert again.returncode == 1 and "2 run(s) not logged" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_two_concurrent_exports_log_each_run_once(tmp_path):
+    """Two `export mlflow` at once on a new store made 17 MLflow runs of 10 records (and a
+    duplicate-column error) before; the look-up and the logging now hold a lock."""
+    pytest.importorskip("mlflow")
+    from normbench.bench.cli import fake_records
+
+    results = tmp_path / "r"
+    results.mkdir()
+    fake_records(results, 10)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [subprocess.Popen([sys.executable, "-m", "normbench", "export", "mlflow", "--results",
+                               str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-1500:]
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 10
+    assert len({r.data.tags["normbench.run_id"] for r in runs}) == 10
