@@ -174,6 +174,9 @@ class RunRecord(_Strict):
     # source); they are part of the run id
     contents: dict[Literal["dataset", "factory"], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = None
     selection: Selection | None = None  # train_subset / validation split: which images
+    # BatchNorm's training computation: fused (TF's fused op; ghost batches folded into the
+    # channel axis), per-group (the ghost formula, its fallback), keras (Keras's own)
+    bn_path: Literal["fused", "per-group", "keras", "mixed"] | None = None
 
     @field_validator("started", "finished")
     @classmethod

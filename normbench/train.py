@@ -302,6 +302,12 @@ def _split(ds: data.Dataset, t: specs.TrainSpec):
     return ds.x_train[keep], ds.y_train[keep], ds.x_train[held], ds.y_train[held], info
 
 
+def _bn_path(model) -> str | None:
+    """Which training computation normbench's BatchNormalization layers ran (None: no BN)."""
+    paths = {getattr(layer, "training_path", None) for layer in model.layers} - {None}
+    return None if not paths else paths.pop() if len(paths) == 1 else "mixed"
+
+
 def _is_norm(layer) -> bool:
     """Whether a layer is a normalization layer (its gamma/beta are what decay_norm_params means)."""
     return "Normalization" in type(layer).__name__
@@ -434,4 +440,4 @@ def run_one(spec: specs.Spec, *, smoke: bool = False, quiet: bool = False,
         spec=specs.to_dict(spec), learning_rate=learning_rate, compiled=fit.mode,
         bn_eval=bn_eval, test_error_median5=median5, dropped_per_epoch=dropped,
         optimizer_steps=fit.done_steps, saved_model=saved, contents=contents or None,
-        selection=selection)
+        selection=selection, bn_path=_bn_path(model))

@@ -64,6 +64,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # (sum, sum of squares, count) variables of 'collect' mode, held where Keras does not
         # track them: tf.keras 2 would make them weights, and saved models would not load
         self._collect_state = _Untracked()
+        # which training computation was traced last: fused (TF's fused BN op, ghost batches
+        # folded into channels), per-group (the ghost formula) or keras (Keras's own); records
+        # say which ran
+        self._trained_with = _Untracked()
+
+    @property
+    def training_path(self) -> str | None:
+        return self._trained_with.value
 
     @property
     def collected(self):
@@ -117,12 +125,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         mode = "train" if training else _BN_EVAL.get()
         if mode == "train" and self._fusable(inputs, mask):
+            self._trained_with.value = "fused"
             return self._fused_train(inputs)
         if mode == "train" and self._fusable_ghost(inputs, mask):
+            self._trained_with.value = "fused"
             return self._fused_ghost_train(inputs)
         if mode == "moving" or (mode == "train" and (self.ghost_batch_size is None
                                                      or not self.trainable)):
+            if mode == "train":
+                self._trained_with.value = "keras"
             return super().call(inputs, training=training, mask=mask)
+        if mode == "train":
+            self._trained_with.value = "per-group"
         # statistics in float32 at least (float16 overflows), float64 kept as float64
         x = tf.cast(inputs, tf.float64 if inputs.dtype == tf.float64 else tf.float32)
         if mode == "train" and self.renorm:
