@@ -202,6 +202,21 @@ def peers() -> str:
                     + " ".join(f"At batch {b}, normbench's kernels take {d:.2f} ms more than "
                                f"PyTorch's; its GroupNorm alone {g:.2f} ms more ({x:.1f}x "
                                f"PyTorch's)." for b, d, g, x in gaps))
+    ratios = [f"tutorial CNN batch {b} {x:.1f}x" for b, _, _, x in gaps]
+    if (BENCH / "floor_vgg_gn.json").exists():
+        for r in _load(BENCH / "floor_vgg_gn.json")["rows"]:
+            ours = sum(k["ms"] for k in r["rows"] if k["kernel"].startswith("GroupNormalization"))
+            theirs = sum(k["ms"] for k in r["torch_rows"] if k["kernel"].startswith("GroupNorm"))
+            if theirs:
+                ratios.append(f"study model (vgg, `bench floor --config configs/bench/vgg_sgd.yaml "
+                              f"-s model.norm.type=group`) batch {r['batch_size']} {ours / theirs:.1f}x "
+                              f"(its GN layers summed: {ours:.2f} vs {theirs:.2f} ms)")
+                gaps.append((r["batch_size"], 0.0, 0.0, ours / theirs))
+    if ratios:
+        rows.append("")
+        rows.append("GroupNorm's kernel alone (forward + backward) against tuned PyTorch's, target "
+                    f"<= 1.5x: {'; '.join(ratios)}: "
+                    f"{_met(all(x <= 1.5 for _, _, _, x in gaps))}.")
     targets = start["targets"]
     text = "\n".join(rows) + (
         f"\n\nStart-up (`normbench bench startup`, fresh processes, median of "
@@ -342,7 +357,45 @@ def studies() -> str:
     return "\n".join(out)
 
 
-BLOCKS = {"paper": paper, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
+RERUN = EXAMPLES / "rerun" / "gn_paper_ghost_depth6"
+
+
+def rerun() -> str:
+    """The ghost study's depth-6 cells trained again after the fused ghost-BN path (the same
+    specs, so the same run ids and seeds), against the committed records: accuracy unchanged?"""
+    from normbench import stats, store
+    from normbench.study import error_of
+
+    if not (RERUN / "runs").is_dir():
+        return "Not run yet.\n"
+    new = {r.run_id: r for r in store.load_records(RERUN)[0]}
+    old = {r.run_id: r for r in store.load_records(STUDIES / "gn_paper_ghost")[0]
+           if r.run_id in new}
+    cells: dict[tuple, list[tuple[float, float]]] = {}
+    for rid, r in new.items():
+        norm = r.spec["model"]["norm"]
+        key = (r.norm_type, norm.get("virtual_batch_size"))
+        cells.setdefault(key, []).append((error_of(r), error_of(old[rid])))
+    rows = ["| cell | n | committed error % | rerun error % | Δ (pts), 95% CI | "
+            "|Δ| < 0.3 and CI holds 0 |", "|---|---|---|---|---|---|"]
+    for (norm, v), pairs in sorted(cells.items(), key=lambda kv: (kv[0][0], -(kv[0][1] or 0))):
+        diff, half, _ = stats.paired([a for a, _ in pairs], [b for _, b in pairs])
+        ok = abs(diff) < 0.003 and half is not None and abs(diff) <= half
+        label = f"{norm} v={v}" if v else norm
+        rows.append(f"| {label} | {len(pairs)} | "
+                    f"{100 * sum(b for _, b in pairs) / len(pairs):.2f} | "
+                    f"{100 * sum(a for a, _ in pairs) / len(pairs):.2f} | "
+                    f"{100 * diff:+.2f} ± {100 * (half or 0):.2f} | {_met(ok)} |")
+    paths = sorted({r.bn_path for r in new.values() if r.bn_path})
+    env = next(iter(new.values())).env
+    return ("\n".join(rows) + "\n\n"
+            f"The depth-6 cells of `gn_paper_ghost` (the same specs and seeds) trained again into "
+            f"`results/examples/rerun/gn_paper_ghost_depth6/` with BatchNorm's training path "
+            f"{' / '.join(paths) or 'unrecorded'}, against the committed records; TF "
+            f"{env.get('tensorflow')}, {env.get('cpu_count')} cores.\n")
+
+
+BLOCKS = {"paper": paper, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
           "peers": peers, "verify": verify,
           "validate_error": validate_error}
 
