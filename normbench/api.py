@@ -310,8 +310,9 @@ def load_results(results: str | os.PathLike = "results", *, runs: bool = False,
     flattened spec as columns (`model.norm.type`, `train.batch_size`, ...), its metrics and its
     environment (`env.tensorflow`, ...). `where` filters as `--where` does: {"model.norm.type":
     "group"} or ["train.batch_size=8"]. Needs the pandas extra: pip install 'normbench[pandas]'."""
+    rows = results_rows(results, runs=runs, where=where)  # bad arguments say so first
     try:
         import pandas as pd
     except ImportError:
         raise ImportError("normbench.load_results needs pandas: pip install 'normbench[pandas]'") from None
-    return pd.DataFrame(results_rows(results, runs=runs, where=where))
+    return pd.DataFrame(rows)

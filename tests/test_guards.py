@@ -84,9 +84,10 @@ def test_a_clean_study_passes_without_warnings(tmp_path):
     assert f.ceiling is not None and not f.ceiling.warn  # 8% error: room for effects
     assert f.window is None
     said = findings.warnings(f, s)
-    # only what every report states: the reference as test images, the power of its tests and
-    # that no margin was declared; no warning among them
-    assert [w.split(":")[0] for w in said] == ["Ceiling", "Power", "Equivalence"], said
+    # only what every report states: the reference as test images, the power of its tests, that
+    # no margin was declared and where the learning rates came from; no warning among them
+    assert [w.split(":")[0] for w in said] == ["Ceiling", "Power", "Equivalence",
+                                               "Learning rates"], said
     assert "Below 3%" not in said[0]
     assert all(c.tested for c in f.comparisons)
 
