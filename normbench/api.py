@@ -150,8 +150,8 @@ def run_plan(plan: Plan, *, quiet: bool, jobs: int = 1, executor: str = "local",
 
 
 def tune(g: grid.Grid, results_dir: Path, *, smoke: bool = False, quiet: bool = True,
-         jobs: int = 1, executor: str = "local", address: str | None = None
-         ) -> tuple[list[dict], Path]:
+         jobs: int = 1, executor: str = "local", address: str | None = None,
+         sets: Iterable[str] = ()) -> tuple[list[dict], Path]:
     """A study's tuning stage (`tuning`): train each group's standing run at every rate of the
     grid into RESULTS/tuning/NAME (resumable, like any sweep), extend a grid whose best rate sits
     at an edge, and freeze the choice. Returns (the choice table, chosen.json)."""
@@ -164,7 +164,8 @@ def tune(g: grid.Grid, results_dir: Path, *, smoke: bool = False, quiet: bool = 
         todo = [tuning.tuning_run(group, rate, t.seed) for group in groups
                 for rate in rates[group.key]]
         plan = plan_runs([grid.Grid(g.path, {}, [], [t.seed], todo,
-                                    [identity.spec_hash(s) for s in todo])], target, smoke=smoke)
+                                    [identity.spec_hash(s) for s in todo])], target, smoke=smoke,
+                          sets=list(sets))
         done = run_plan(plan, quiet=quiet, jobs=jobs, executor=executor, address=address)
         if done.outcome.interrupted:
             raise NormbenchError("tuning interrupted: finished tuning runs are kept; run normbench "
@@ -179,9 +180,12 @@ def tune(g: grid.Grid, results_dir: Path, *, smoke: bool = False, quiet: bool = 
             errors = {}
             for rate in rates[group.key]:
                 run = tuning.tuning_run(group, rate, t.seed)
-                run = grid.smoke([run])[0] if smoke else run
+                run = grid.smoke([run], list(sets))[0] if smoke else run
                 rid = store.run_id(run.name, identity.spec_hash(run), smoke)
                 errors[rate] = tuning.held_out_error(found[rid])  # never a test metric
+            if not any(math.isfinite(e) for e in errors.values()):
+                raise NormbenchError(f"tuning {group.label}: every rate of the grid diverged or "
+                                     "has no held-out error; nothing to choose (lower the grid)")
             chosen = tuning.best(errors)
             nxt = tuning.past_edge(rates[group.key], chosen)
             if nxt is not None and grown[group.key] < t.extend and math.isfinite(errors[chosen]):

@@ -228,7 +228,7 @@ def tune(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Pa
     if quiet:
         os.environ["NORMBENCH_QUIET"] = "1"
     for g in _load_all(spec_files, sets, []):
-        table, path = api.tune(g, results_dir, smoke=smoke, quiet=quiet, jobs=jobs)
+        table, path = api.tune(g, results_dir, smoke=smoke, quiet=quiet, jobs=jobs, sets=sets)
         rates = sorted({float(r) for row in table for r in row["held_out_error"]})
         rows = [{"group": row["label"], **{f"{r:g}": ("-" if f"{r:g}" not in row["held_out_error"]
                                                       else "diverged"

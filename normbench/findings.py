@@ -2,9 +2,10 @@
 minimum detectable effects, equivalence only against a declared margin.
 
 What is compared (cells a guard rejects as not converged are never compared):
-- along the axis, per norm and facet: each x against the reference (the largest x), each x
-  against the best cell (chosen after seeing the results, so it is in the family too) and the
-  trend (per seed, the least-squares slope of error on log2 x; then a t-test over seeds);
+- along the axis, per norm and facet: every pair of cells (each x against the reference, the
+  largest x; against the best cell, which is chosen after seeing the means and so is only fair
+  inside the family of all pairs; and the rest), and the trend (per seed, the least-squares slope
+  of error on log2 x; then a t-test over seeds);
 - BatchNorm against GroupNorm at the same x (the same protocol for both);
 - where the axis is confounded (`guards.confounds`: steps, learning rate or the optimizer's batch
   move with x): the along-axis comparisons are shown but not tested, and BN's change is tested
@@ -49,6 +50,7 @@ class Comparison:
     adj_half: float | None = None
     mde: float | None = None
     equivalent: bool | None = None  # None: no margin declared (or not tested)
+    xs: tuple = ()  # trend: the axis values the slope is fitted over
 
     @property
     def significant(self) -> bool:
@@ -87,10 +89,17 @@ def _paired(what: str, kind: str, norm: str, facet: str, a: dict[int, float],
             b: dict[int, float] | None = None) -> Comparison:
     """a - b over the seeds both have (b None: a against zero), in points."""
     seeds = sorted(set(a) & set(b)) if b is not None else sorted(a)
+    if not seeds:  # cells of a partly finished study with no seed in common
+        return Comparison(what, kind, norm, facet, 0, math.nan, None, None, tested=False,
+                          note="no seed in common")
     xs = [a[s] for s in seeds]
     ys = [b[s] for s in seeds] if b is not None else [0.0] * len(seeds)
     diff, half, p = stats.paired(xs, ys)
     sd = statistics.stdev([x - y for x, y in zip(xs, ys)]) if len(seeds) >= 2 else None
+    if sd == 0.0:  # the same difference in every seed (errors move in steps of one image): no
+        # variance to test against, never "p = 0"
+        return Comparison(what, kind, norm, facet, len(seeds), 100 * diff, None, None, 0.0,
+                          tested=False, note="the same difference in every seed: untestable")
     return Comparison(what, kind, norm, facet, len(seeds), 100 * diff,
                       None if half is None else 100 * half, p, None if sd is None else 100 * sd)
 
@@ -160,16 +169,23 @@ def analyse(study: Study) -> Findings:
             for cell in series[:-1]:
                 found.append(_paired(f"{norm} at {cell.x} vs at {ref.x}{where}", "axis", norm,
                                      facet, cell.errors, ref.errors))
-            for cell in series:
-                if cell is not best and cell is not ref and best is not ref:
-                    found.append(_paired(f"{norm} at {cell.x} vs at {best.x}, its best{where}",
-                                         "best", norm, facet, cell.errors, best.errors))
+            # The best cell is picked after seeing the means, so its comparisons are only fair
+            # inside the family of every pair of the series (Holm over all of them).
+            for i, cell in enumerate(series[:-1]):
+                for other in series[i + 1:-1]:
+                    a, b = (other, cell) if cell is best else (cell, other)
+                    kind = "best" if best in (cell, other) else "pair"
+                    label = f"{norm} at {a.x} vs at {b.x}" + (", its best" if kind == "best" else "")
+                    found.append(_paired(label + where, kind, norm, facet, a.errors, b.errors))
             if len(series) >= 3:
-                found.append(_paired(f"{norm}: trend over {axis}{where}", "trend", norm, facet,
-                                     _slopes(series)))
+                trend = _paired(f"{norm}: trend over {axis}{where}", "trend", norm, facet,
+                                _slopes(series))
+                trend.xs = tuple(c.x for c in series)
+                found.append(trend)
             if confound:
                 for c in found:
-                    if c.facet == facet and c.norm == norm and c.kind in ("axis", "best", "trend"):
+                    if c.facet == facet and c.norm == norm and c.kind in ("axis", "best", "pair",
+                                                                           "trend"):
                         c.tested, c.note = False, note
         # BN against GN at the same x: the same protocol for both norms.
         gn = {c.x: c for c in study.cells if c.facet == facet and c.norm == "group" and id(c) in ok}
@@ -198,7 +214,8 @@ def analyse(study: Study) -> Findings:
             scale = c.sd / math.sqrt(c.n)
             c.adj_half = stats.t_ppf(1 - c.alpha / 2, c.n - 1) * scale
             c.mde = guards.mde(c.sd, c.n, c.alpha)
-            if margin is not None:
+            if margin is not None and c.kind in ("axis", "best", "pair", "norms"):
+                # the margin is in points of error: not for a slope or a difference in differences
                 one_sided = stats.t_ppf(1 - c.alpha, c.n - 1) * scale
                 c.equivalent = abs(c.diff) + one_sided < margin
     return Findings(found, verdicts, list(confounded.values()), guards.ceiling(study, verdicts),
@@ -215,7 +232,8 @@ def _against_best_norm(study: Study, facet: str, ok: set[int], where: str) -> li
         best = min(cells, key=lambda c: statistics.fmean(c.errors.values()))
         for c in cells:
             if c is not best and {c.norm, best.norm} != {"batch", "group"}:
-                out.append(_paired(f"{c.norm} vs {best.norm}, the best norm{where}", "norms",
+                at = "" if len({c.x for c in study.cells if c.facet == facet}) == 1 else f" at {x}"
+                out.append(_paired(f"{c.norm} vs {best.norm}, the best norm{at}{where}", "norms",
                                    f"{c.norm}-{best.norm}", facet, c.errors, best.errors))
     return out
 
@@ -253,42 +271,48 @@ def _net_of(study: Study, facet: str, control: str, ok: set[int], axis: str, whe
 def sentence(c: Comparison, margin: float | None = None) -> str:
     """A claim generated from the numbers, never written by hand, only as strong as they allow."""
     a, _, b = c.what.partition(" vs ")
-    if c.kind == "trend":
-        per = c.what.split("trend over ", 1)[1]
-        head = f"{c.what.split(':')[0]}: error changes by {c.diff:+.2f}"
-        ci = f" ± {c.half:.2f}" if c.half is not None else ""
-        body = f"{head}{ci} points per doubling of {per}"
-    else:
-        body = None
-    if c.n < 2 or c.p is None:
-        return (f"{c.what}: {c.diff:+.2f} points from {c.n} paired seed(s); too few for a test."
-                if c.n < 2 else f"{c.what}: {c.diff:+.2f} points, identical in every seed.")
+    if c.n == 0:
+        return f"{c.what}: {c.note}; not compared."
     ci = f" ± {c.half:.2f}" if c.half is not None else ""
-    if c.kind == "net":  # "batch at 2 vs at 32 net of instance"
+    body = None
+    if c.kind == "trend":  # "batch: trend over v (depth 3 ...)"
+        norm, per = c.what.split(": trend over ", 1)
+        over = ", ".join(map(str, c.xs))
+        body = (f"{norm}: least-squares slope of error on log2 {per} over {{{over}}}: "
+                f"{c.diff:+.2f}{ci} points per doubling")
+    elif c.kind == "net":  # "batch at 2 vs at 32 net of instance"
         x, rest = c.what.split(" at ", 1)[1].split(" vs at ", 1)
         ref, control = rest.split(" net of ", 1)
         body = (f"{c.norm}'s change from {ref} to {x}, net of {control}'s: "
                 f"{c.diff:+.2f}{ci} points")
+    if c.p is None and c.tested:
+        return f"{c.what}: {c.diff:+.2f} points from {c.n} paired seed(s); too few for a test."
     if not c.tested:
         text = body or f"{a} vs {b}: {c.diff:+.2f}{ci} points"
         return f"{text} ({c.note}; n = {c.n})."
-    power = (f"MDE {c.mde:.2f} points at 80% power, α = {c.alpha:.2g}" if c.mde is not None
-             else f"α = {c.alpha:.2g}")
+    adjusted = (f"adjusted CI ± {c.adj_half:.2f} at α = {c.alpha:.2g}" if c.adj_half is not None
+                else f"α = {c.alpha:.2g}")
     if c.significant:
+        test = f"paired t over seeds, n = {c.n}, Holm-adjusted p = {c.p_holm:.3g}; {adjusted}"
         if c.kind == "net":
             return (f"{body}: {'higher' if c.diff > 0 else 'lower'} error net of the control "
-                    f"(paired t, n = {c.n}, Holm-adjusted p = {c.p_holm:.3g}).")
+                    f"({test}).")
         if body:
-            return f"{body} (paired t over seeds, n = {c.n}, Holm-adjusted p = {c.p_holm:.3g})."
+            return f"{body} ({test})."
         verb = "higher" if c.diff > 0 else "lower"
-        return (f"{a} has {abs(c.diff):.2f}{ci} points {verb} error than {b} "
-                f"(paired t, n = {c.n}, Holm-adjusted p = {c.p_holm:.3g}).")
+        return f"{a} has {abs(c.diff):.2f}{ci} points {verb} error than {b} ({test})."
     lead = body or f"{a} vs {b}: {c.diff:+.2f}{ci} points"
-    text = (f"{lead}; inconclusive: effects up to {c.far:.2f} points{' per doubling' if c.kind == 'trend' else ''}"
-            f" not excluded (Holm-adjusted p = {c.p_holm:.3g}, n = {c.n}; {power})")
+    unit = " per doubling" if c.kind == "trend" else ""
+    power = (f"MDE {c.mde:.2f} points{unit} at about 80% power, α = {c.alpha:.2g}"
+             if c.mde is not None else f"α = {c.alpha:.2g}")
+    if c.equivalent and margin is not None:
+        return (f"{lead}; equivalent within ±{margin:g} points (two one-sided tests at "
+                f"α = {c.alpha:.2g}, n = {c.n}; Holm-adjusted p of the difference "
+                f"{c.p_holm:.3g}).")
+    text = (f"{lead}; inconclusive: effects up to {c.far:.2f} points{unit} not excluded "
+            f"(Holm-adjusted p = {c.p_holm:.3g}, n = {c.n}; {power})")
     if c.equivalent is not None and margin is not None:
-        text += (f"; equivalent within ±{margin:g} points" if c.equivalent
-                 else f"; not shown equivalent within ±{margin:g} points")
+        text += f"; not shown equivalent within ±{margin:g} points"
     return text + "."
 
 
@@ -331,15 +355,17 @@ def headline(f: Findings, study: Study) -> list[Comparison]:
     the axis is confounded, the trend, the smallest x against the reference and against the best
     cell, the norms against each other at the smallest and the largest x; then any other
     significant comparison. The rest are in the report's table."""
-    order = {"net": 0, "trend": 1, "axis": 2, "best": 3, "norms": 4}
+    order = {"net": 0, "trend": 1, "axis": 2, "best": 3, "norms": 4, "pair": 5}
     xs = [c.x for c in study.cells if c.x != "any"]
     ends = set()
     if xs and study.numeric_x:
         ends = {f" at {min(xs)} ", f" at {min(xs)}"}
 
     def leads(c: Comparison) -> bool:
-        if c.kind in ("net", "trend") or c.significant or not ends:
+        if c.kind in ("net", "trend") or c.significant:
             return True
+        if c.kind == "pair" or not ends:  # pairs not involving the best: the table has them
+            return c.kind != "pair"
         text = c.what.split(" (", 1)[0] + " "
         if c.kind == "norms":
             return text.endswith(f" at {min(xs)} ") or text.endswith(f" at {max(xs)} ")

@@ -17,11 +17,14 @@ thresholds are fixed here, with their reasons, before any report is regenerated:
   test error (the verdict says which). The first evaluation *inside* the quarter, so a step
   schedule's last drop (often at 75%) does not read as progress.
 - **Seed spread (per cell)**: the SD over seeds is above `SPREAD_FACTOR` (3x) the median SD of
-  the facet's cells (three or more cells with two or more seeds) and above one run's binomial
-  standard error: runs that end in different places did not settle. A variance 9x the median
-  cell's: were the true SDs equal, a 5-seed cell (4 degrees of freedom) would reach it with
-  probability below 1e-6 (chi-square with 4 df above 36); below one binomial SE the seeds
-  differ by less than the test set resolves.
+  the facet's cells and above one run's binomial standard error: runs that end in different
+  places did not settle. Only where the facet has at least `SPREAD_CELLS` (5) cells of at least
+  `SPREAD_SEEDS` (3) seeds, so that the median SD is itself well estimated. A variance 9x the
+  median cell's: were the true SDs equal and the median exact, a 5-seed cell (4 degrees of
+  freedom) would reach it with probability about 3e-7 (chi-square with 4 df above 36); the
+  median of a handful of cells is noisier, so the real rate is higher (against one other 5-seed
+  cell, F(4, 4) above 9, it is about 3%). Below one binomial SE the seeds differ by less than
+  the test set resolves.
 - **Unstable (per run, a warning only)**: the epoch's training loss rose above `SPIKE_FACTOR` (2x)
   its lowest value so far and by more than `SPIKE_GAP` (0.1 nats). It does not exclude a cell.
 - **Confounded axis**: along the axis, the optimizer's batch (unless it is the axis), the number
@@ -44,6 +47,8 @@ from normbench.study import BATCH_DEPENDENT, Cell, Study, binomial_se, final_err
 LOSS_FACTOR = 10.0
 LOSS_GAP = 0.05
 SPREAD_FACTOR = 3.0
+SPREAD_SEEDS = 3  # the spread check needs cells of at least this many seeds...
+SPREAD_CELLS = 5  # ...and this many of them in the facet, for the median SD to mean something
 SPIKE_FACTOR = 2.0
 SPIKE_GAP = 0.1
 CEILING_ERROR = 0.03
@@ -54,8 +59,9 @@ WINDOW = 5  # the metric's median is over the last 5 evaluations
 
 def mde(sd: float | None, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
     """Minimum detectable effect of a (paired or one-sample) t-test from an observed SD: the
-    true mean difference that a two-sided test at `alpha` detects with probability `power`,
-    (t_{1-alpha/2} + t_{power}) * sd / sqrt(n) with n - 1 degrees of freedom. None for n < 2."""
+    true mean difference that a two-sided test at `alpha` detects with probability about `power`,
+    (t_{1-alpha/2} + t_{power}) * sd / sqrt(n) with n - 1 degrees of freedom (the usual
+    approximation: at n = 5 and alpha 0.01 the exact noncentral-t power is 75%). None for n < 2."""
     if sd is None or n < 2 or not math.isfinite(sd):
         return None
     df = n - 1
@@ -140,18 +146,19 @@ def convergence(study: Study) -> dict[int, Convergence]:
     verdicts: dict[int, Convergence] = {}
     for facet in study.facets:
         mine = [c for c in study.cells if c.facet == facet]
-        best = min(mine, key=lambda c: c.median_train_loss())
-        floor = best.median_train_loss()
-        sds = [c.sd() for c in mine if len(c.runs) >= 2 and c.sd() is not None]
-        typical_sd = statistics.median(sds) if len(sds) >= 3 else None
+        fitted = [c for c in mine if math.isfinite(c.median_train_loss())]
+        best = min(fitted, key=lambda c: c.median_train_loss()) if fitted else None
+        floor = best.median_train_loss() if best is not None else math.nan
+        sds = [c.sd() for c in mine if len(c.runs) >= SPREAD_SEEDS and c.sd() is not None]
+        typical_sd = statistics.median(sds) if len(sds) >= SPREAD_CELLS else None
         for cell in mine:
             v = Convergence(cell)
             for seed, r in sorted(cell.runs.items()):
                 if r.status == "diverged":
                     v.diverged[seed] = r.diverged_reason or "non-finite loss"
-                elif (math.isfinite(r.train_loss) and r.train_loss > LOSS_FACTOR * floor
-                      and r.train_loss - floor > LOSS_GAP):
-                    v.ratios[seed] = r.train_loss / floor if floor > 0 else math.inf
+                elif (floor > 0 and math.isfinite(r.train_loss)  # NaN floor: no comparison
+                      and r.train_loss > LOSS_FACTOR * floor and r.train_loss - floor > LOSS_GAP):
+                    v.ratios[seed] = r.train_loss / floor
                     v.best = f"{best.label}: {floor:.3g}"
                 spike = _spike(r.history)
                 if spike:
@@ -162,13 +169,19 @@ def convergence(study: Study) -> dict[int, Convergence]:
             drops = [d for r in cell.runs.values() if r.status != "diverged"
                      for d in [_last_quarter_drop(r, held_out)] if d is not None]
             if drops and len(drops) == len(cell.runs):
-                drop, limit = statistics.fmean(drops), 0.5 * noise_mde(cell, study.n_test)
+                # the noise of the error read: the held-out images' count where held out
+                n_eval = study.n_test
+                if held_out:
+                    counts = [r.selection.n_validation for r in cell.runs.values()
+                              if r.selection is not None and r.selection.n_validation]
+                    n_eval = min(counts) if counts else n_eval
+                drop, limit = statistics.fmean(drops), 0.5 * noise_mde(cell, n_eval)
                 if drop > limit:
                     v.reasons.append(f"{v.metric} error still falling over the last quarter of "
                                      f"training by {100 * drop:.2f} points on average (more than "
                                      f"half its MDE, {100 * limit:.2f})")
             sd = cell.sd()
-            if typical_sd and sd is not None:
+            if typical_sd and sd is not None and len(cell.runs) >= SPREAD_SEEDS:
                 mean = statistics.fmean(cell.errors.values())
                 if sd > SPREAD_FACTOR * typical_sd and sd > binomial_se(mean, study.n_test):
                     v.reasons.append(f"seed SD {100 * sd:.2f} points, {sd / typical_sd:.0f}x the "

@@ -217,8 +217,11 @@ READING = [
     f"Unstable (a warning only): an epoch's training loss above {guards.SPIKE_FACTOR:g}x its lowest "
     f"so far and by more than {guards.SPIKE_GAP:g} nats.",
     "Comparisons are paired by seed (a seed fixes initial weights and data order). Along the "
-    "axis: each value against the largest and against the norm's best cell, and the trend "
-    "(slope of error on log2 of the axis, per seed). BatchNorm against GroupNorm at the same value.",
+    "axis: every pair of a norm's cells (each value against the largest, against the norm's best "
+    "cell, which is picked after seeing the means and so is only fair inside the family of all "
+    "pairs, and the rest), and the trend (the least-squares slope of error on log2 of the axis, "
+    "per seed: an average rate, not a shape). BatchNorm against GroupNorm at the same value. A "
+    "difference that is the same in every seed has no variance to test and is shown untested.",
     "Confounded axis: where the optimizer's batch, the steps or the learning rate change along "
     "the axis, along-axis differences are shown but not tested; BatchNorm's change is tested net "
     "of each batch-independent norm's change on the same axis (difference in differences), "

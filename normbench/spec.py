@@ -413,6 +413,9 @@ class TuneSpec(_Frozen):
     def _grid(cls, value: list[float]) -> list[float]:
         if value != sorted(set(value)):
             raise ValueError(f"the grid must increase strictly, got {value}")
+        if len(value) == 1:
+            raise ValueError(f"a grid of one rate ({value[0]:g}) chooses nothing; give two or "
+                             "more (or none: no tuning)")
         return [_positive_finite(v) for v in value]
 
 

@@ -68,8 +68,10 @@ class Cell:
         return stats.mean_ci(list(self.errors.values()))[1]
 
     def median_train_loss(self) -> float:
-        losses = sorted(r.train_loss for r in self.runs.values())
-        return _median(losses)
+        """Median final training loss of the runs that did not diverge (NaN: none)."""
+        losses = sorted(r.train_loss for r in self.runs.values()
+                        if r.status != "diverged" and math.isfinite(r.train_loss))
+        return _median(losses) if losses else math.nan
 
     def protocol(self) -> dict[str, str]:
         """What the optimizer saw, as text: batch size, steps and peak learning rate (each a
@@ -159,8 +161,9 @@ def _x_axis(records: list[store.RunRecord]) -> tuple[str, Any]:
             return next(iter(vs)) if len(vs) == 1 else "any"
         return "images per BN group (per-replica batch v)", per_group
     groups = {flat(r).get("model.norm.groups") for r in records if r.norm_type == "group"}
-    if len(groups) > 1:
-        return "GroupNorm groups (1 = LN ... channels = IN)", lambda r: flat(r).get("model.norm.groups")
+    if len(groups) > 1:  # other norms (a BN baseline) are the same at every value of the axis
+        return ("GroupNorm groups (1 = LN ... channels = IN)",
+                lambda r: flat(r).get("model.norm.groups") if r.norm_type == "group" else "any")
     return "batch size", lambda r: flat(r)["train.batch_size"]
 
 

@@ -19,6 +19,7 @@ TensorFlow: training goes through `api.tune`.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import math
@@ -146,10 +147,21 @@ def freeze(g: grids.Grid, results_dir: Path, smoke: bool, table: list[dict],
     doc = {"study": g.runs[0].name, "smoke": smoke, "rule": RULE, "grid": t.learning_rate,
            "by": t.by, "seed": t.seed, "extend": t.extend, "sensitivity": t.sensitivity,
            "choices": table, "runs": sorted(r.run_id for r in records),
-           "records_sha256": records_sha256(records)}
+           "records_sha256": records_sha256(records), "standing": standing(g),
+           "frozen": dt.datetime.now(dt.timezone.utc).isoformat()}
     path = directory(results_dir, g.runs[0].name, smoke) / "chosen.json"
     store.write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def standing(g: grids.Grid) -> dict[str, str]:
+    """Each group's standing run, as the hash of its identity less rate and seed: what the
+    choice was made for (a changed model, data or schedule makes the choice stale)."""
+    out = {}
+    for group in groups(g):
+        base = tuning_run(group, 1.0, 0)
+        out["/".join(map(str, group.key))] = identity.spec_hash(base, without_seed=True)
+    return out
 
 
 def load(results_dir: Path, name: str, smoke: bool = False) -> dict | None:
@@ -158,7 +170,12 @@ def load(results_dir: Path, name: str, smoke: bool = False) -> dict | None:
         return None
     try:
         doc = json.loads(store.read_regular(path).decode())
-        if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+        if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list) or not all(
+                isinstance(c, dict) and isinstance(c.get("key"), list)
+                and isinstance(c.get("learning_rate"), (int, float))
+                and isinstance(c.get("sensitivity"), bool)
+                and isinstance(c.get("held_out_error"), dict) and "label" in c
+                for c in doc["choices"]) or not isinstance(doc.get("records_sha256"), str):
             raise ValueError("not a tuning choice")
         return doc
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -182,6 +199,9 @@ def apply(g: grids.Grid, results_dir: Path, smoke: bool = False) -> grids.Grid:
         raise NormbenchError(f"{g.path}: its tune: block differs from the one the frozen choice "
                              f"in {directory(results_dir, name, smoke)} was made with: run "
                              f"`{command}` again")
+    if doc.get("standing") != standing(g):
+        raise NormbenchError(f"{g.path}: the runs tuning chose for have changed since (model, data "
+                             f"or schedule): run `{command}` again")
     tuned = store.load_records(directory(results_dir, name, smoke))[0]
     mine = [r for r in tuned if r.run_id in set(doc.get("runs", []))]
     if len(mine) != len(doc.get("runs", [])) or records_sha256(mine) != doc.get("records_sha256"):
@@ -217,6 +237,7 @@ def describe(specs_: list[specs.Spec], results_dir: Path | None, smoke: bool
     doc = load(results_dir, specs_[0].name, smoke) if results_dir is not None else None
     if doc is None:
         return ["Learning rates: the spec has a tune: block, but no frozen choice was found."], ([], [])
+    other = [s for s in specs_ if s.tune.records_sha256 not in (None, doc["records_sha256"])]
     tried = sorted({float(r) for c in doc["choices"] for r in c["held_out_error"]})
     head = ["group"] + [f"{r:g}" for r in tried] + ["chosen"]
     rows, parts = [], []
@@ -227,7 +248,12 @@ def describe(specs_: list[specs.Spec], results_dir: Path | None, smoke: bool
                                     for r in tried] + [f"{c['learning_rate']:g}"])
         where = (" (at an edge of the grid even after extending it)" if c["edge"] else "")
         parts.append(f"{c['label']} {c['learning_rate']:g}{where}")
-    return ([f"Learning rates: chosen on held-out data by `normbench tune` (seed {doc['seed']}, "
+    lines = [f"Learning rates: chosen on held-out data by `normbench tune` (seed {doc['seed']}, "
              f"grid {', '.join(f'{r:g}' for r in doc['grid'])}; rule: {doc['rule']}; tuning "
-             f"records sha256 {doc['records_sha256'][:12]}): " + "; ".join(parts) + "."],
-            (head, rows))
+             f"records sha256 {doc['records_sha256'][:12]}): " + "; ".join(parts) + ". Each rate "
+             "was tuned at its group's first cell (e.g. BN at the largest v) and used at every "
+             "cell of the group: along the axis a rate tuned elsewhere is part of what changes."]
+    if other:
+        lines.append(f"Learning rates: {len(other)} run(s) were made under another tuning choice "
+                     "than the one frozen now.")
+    return lines, (head, rows)

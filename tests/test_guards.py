@@ -5,6 +5,7 @@ pass without warnings. Also: any study shape reports without a traceback."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import subprocess
@@ -281,3 +282,47 @@ def test_a_report_of_smoke_runs_says_so(tmp_path):
                "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert "Smoke runs (--smoke)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_identical_differences_no_common_seeds_and_nan_losses(tmp_path):
+    """From the review: the same difference in every seed was 'p = 0'; cells with no seed in
+    common crashed; a diverged run's NaN loss could switch the loss check off for a facet."""
+    def cell(spec, rng):
+        v, seed = _v(spec), spec.train.seed
+        if v == 16:  # exactly 1 point above v=64 in every seed
+            return {"error": 0.09 + 0.001 * seed, "loss": 0.2}
+        if v == 4:  # never converged (fits 50x worse than the best cell)
+            return {"error": 0.3, "loss": 10.0}
+        return {"error": 0.08 + 0.001 * seed, "loss": 0.2 if v != 2 or seed else math.nan}
+
+    s = _study(tmp_path, GHOST, cell)
+    f = findings.analyse(s)
+    same = by_what(f, "batch at 16 vs at 64")
+    assert not same.tested and same.p_holm is None and "untestable" in findings.sentence(same)
+    assert 4 in [v.cell.x for v in f.excluded]  # still caught with a NaN loss in the facet
+    # drop seed 0 from v=64 and seeds 1-4 from v=2: no seed in common, no crash
+    for cell in s.cells:
+        if cell.x == 64:
+            cell.runs.pop(0)
+        if cell.x == 2:
+            for seed in (1, 2, 3, 4):
+                cell.runs.pop(seed)
+    f = findings.analyse(s)
+    lone = by_what(f, "batch at 2 vs at 64")
+    assert lone.n == 0 and "no seed in common" in findings.sentence(lone)
+
+
+def test_a_groups_axis_with_a_bn_baseline_still_tests_the_groups(tmp_path):
+    yaml = ("name: groups\ndataset: mnist-10k\nmodel: {arch: vgg, widths: [16, 16]}\nseeds: 5\n"
+            "sweep:\n  - model.norm.type: [group]\n    model.norm.groups: [1, 4, 16]\n"
+            "  - model.norm.type: [batch]\n")
+    s = _study(tmp_path, yaml, lambda spec, rng: {
+        "error": 0.08 + 0.01 * (spec.model.norm.groups == 1) + rng.gauss(0, 0.001), "loss": 0.2})
+    f = findings.analyse(s)
+    assert {c.x for c in s.cells if c.norm == "batch"} == {"any"}
+    assert by_what(f, "group at 1 vs at 16").significant
+
+
+def test_a_grid_of_one_rate_is_refused():
+    with pytest.raises(ValueError, match="chooses nothing"):
+        specs.Spec.model_validate({"name": "a", "tune": {"learning_rate": [0.1]}})
