@@ -228,17 +228,10 @@ def tune(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Pa
     if quiet:
         os.environ["NORMBENCH_QUIET"] = "1"
     for g in _load_all(spec_files, sets, []):
-        table, path = api.tune(g, results_dir, smoke=smoke, quiet=quiet, jobs=jobs, sets=sets)
-        rates = sorted({float(r) for row in table for r in row["held_out_error"]})
-        rows = [{"group": row["label"], **{f"{r:g}": ("-" if f"{r:g}" not in row["held_out_error"]
-                                                      else "diverged"
-                                                      if row["held_out_error"][f"{r:g}"] is None
-                                                      else f"{100 * row['held_out_error'][f'{r:g}']:.2f}")
-                                           for r in rates},
-                 "chosen": f"{row['learning_rate']:g}" + (" (edge)" if row["edge"] else "")}
-                for row in table]
-        console.show(rows, ("group", *[f"{r:g}" for r in rates], "chosen"),
-                     f"{g.runs[0].name}: held-out error % by learning rate ({tuning.RULE})")
+        _, path = api.tune(g, results_dir, smoke=smoke, quiet=quiet, jobs=jobs, sets=sets)
+        head, rows = tuning.describe(g.runs, results_dir, smoke)[1]  # the report's own table
+        console.plain_table(f"{g.runs[0].name}: held-out error % by learning rate ({tuning.RULE})",
+                            tuple(head), [tuple(r) for r in rows])
         say(f"frozen: {path}")
 
 

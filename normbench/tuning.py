@@ -245,7 +245,8 @@ def describe(specs_: list[specs.Spec], results_dir: Path | None, smoke: bool
         errors = {float(r): e for r, e in c["held_out_error"].items()}
         rows.append([c["label"]] + [("-" if r not in errors else
                                      "diverged" if errors[r] is None else f"{100 * errors[r]:.2f}")
-                                    for r in tried] + [f"{c['learning_rate']:g}"])
+                                    for r in tried]
+                    + [f"{c['learning_rate']:g}" + (" (edge)" if c["edge"] else "")])
         where = (" (at an edge of the grid even after extending it)" if c["edge"] else "")
         parts.append(f"{c['label']} {c['learning_rate']:g}{where}")
     lines = [f"Learning rates: chosen on held-out data by `normbench tune` (seed {doc['seed']}, "
