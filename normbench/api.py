@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from normbench import console, executors, grid, identity, store, tables, tuning
 from normbench.errors import NormbenchError
+from normbench.index import Index
 from normbench.spec import Spec
 
 def grids_of(spec: str | os.PathLike | Mapping | Spec, overrides: Mapping[str, Any] | None = None,
@@ -41,7 +42,8 @@ def grids_of(spec: str | os.PathLike | Mapping | Spec, overrides: Mapping[str, A
 def execute(todo: list[executors.Planned], results_dir: Path, *, smoke: bool, force: bool,
             since: str, quiet: bool, jobs: int, executor: str, address: str | None,
             retry_fallback: bool, describe: Callable[[Any], str],
-            trackers: tuple = (), slurm: Any = None) -> executors.Outcome:
+            trackers: tuple = (), slurm: Any = None,
+            record_index: Index | None = None) -> executors.Outcome:
     """Run the planned runs on the engine named `executor` (executors.ENGINES: in this process or
     a pool of local workers, on Ray, as Slurm jobs with `slurm`, a SlurmSpec, by default the
     first run's `slurm:` block), with progress unless `quiet`."""
@@ -61,7 +63,8 @@ def execute(todo: list[executors.Planned], results_dir: Path, *, smoke: bool, fo
     engine = executors.engine(executor, executors.Options(
         results_dir, smoke, quiet=quiet, jobs=jobs, address=address,
         slurm=slurm or todo[0].spec.slurm, announce=announce))  # its checks: before any claim
-    driver = executors.Driver(results_dir, force, since, retry_fallback, tuple(trackers))
+    driver = executors.Driver(results_dir, force, since, retry_fallback, tuple(trackers),
+                              record_index)
     if not engine.title:
         return driver.drive(engine, todo)
     bar, task = console.sweep_progress(len(todo), engine.title.format(jobs=jobs), disable=quiet)
@@ -82,6 +85,7 @@ class Plan:
     smoke: bool
     force: bool
     retry_fallback: bool
+    index: Index | None = None  # the record index plan() used; run_plan() writes what it learned
 
     @property
     def finished(self) -> int:
@@ -103,11 +107,13 @@ def plan_runs(grids: list[grid.Grid], results_dir: Path, *, smoke: bool = False,
     hashes = None if smoke else [h for g in grids for h in g.hashes]
     if smoke:
         loaded = grid.smoke(loaded, list(sets))
+    record_index = Index.load(results_dir)
     planned = executors.plan(loaded, smoke, results_dir, retry_fallback=retry_fallback,
                              hashes=hashes, spec_files=[str(g.path) if from_files else None
-                                                        for g in grids for _ in g.runs])
+                                                        for g in grids for _ in g.runs],
+                             index=record_index)
     todo = [p for p in planned if force or not p.done]
-    return Plan(planned, todo, results_dir, smoke, force, retry_fallback)
+    return Plan(planned, todo, results_dir, smoke, force, retry_fallback, record_index)
 
 
 @dataclass
@@ -138,11 +144,16 @@ def run_plan(plan: Plan, *, quiet: bool, jobs: int = 1, executor: str = "local",
     if plan.fell_back and not quiet:
         console.note(f"{plan.fell_back} finished run(s) trained on fallback data (mnist-10k for "
                      "an offline mnist); --retry-fallback trains them again once the data is there")
-    with executors.sigterm_stops():  # finished runs kept, nothing half-written
-        outcome = execute(plan.todo, plan.results_dir, smoke=plan.smoke, force=plan.force,
-                          since=executors.now(), quiet=quiet, jobs=jobs, executor=executor,
-                          address=address, retry_fallback=plan.retry_fallback,
-                          describe=describe or specs.summary, trackers=trackers, slurm=slurm)
+    try:
+        with executors.sigterm_stops():  # finished runs kept, nothing half-written
+            outcome = execute(plan.todo, plan.results_dir, smoke=plan.smoke, force=plan.force,
+                              since=executors.now(), quiet=quiet, jobs=jobs, executor=executor,
+                              address=address, retry_fallback=plan.retry_fallback,
+                              describe=describe or specs.summary, trackers=trackers, slurm=slurm,
+                              record_index=plan.index)
+    finally:
+        if plan.index is not None:  # this process saves runs: it keeps the index current
+            plan.index.write()
     summaries = bool(plan.todo) and not (outcome.interrupted and not outcome.ran)
     if summaries:
         tables.write_summaries(plan.results_dir)

@@ -14,7 +14,7 @@ from typing import List, Optional  # noqa: F401 - Optional: the generated bench 
 import typer
 
 import normbench
-from normbench import api, bench, console, executors, grid, norms, store, tables
+from normbench import api, bench, columns, console, executors, grid, norms, store, tables
 from normbench.bench import common as bench_common
 from normbench.console import say
 from normbench.errors import NormbenchError
@@ -188,7 +188,7 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
     for rid, why in outcome.tracking_errors:
         console.note(f"tracking {rid} failed (the run is saved): {why}")
     if outcome.ran:
-        console.show(tables.group_rows(outcome.ran), tables.TERMINAL_GROUP_COLUMNS, "This invocation")
+        console.show(tables.group_rows(outcome.ran), columns.TERMINAL_GROUP_COLUMNS, "This invocation")
     if done.summaries:
         say(f"summary: {results_dir / 'summary.md'}, {results_dir / 'summary.csv'}")
     diverged = sum(r.status == "diverged" for r in outcome.ran)
@@ -301,7 +301,7 @@ def compare(results_dir: Path = RESULTS,
     if (fail_under or fail_over or junit_xml) and by:
         raise NormbenchError("--fail-under, --fail-over and --junit-xml check experiments or runs, "
                              "not a --by pivot")
-    checks = gates.parse(fail_under, tables.RUN_COLUMNS if runs else tables.GROUP_COLUMNS, fail_over)
+    checks = gates.parse(fail_under, columns.RUN_COLUMNS if runs else columns.GROUP_COLUMNS, fail_over)
     records, skipped = store.load_records(results_dir)
     records = tables.where(records, filters)
     view = tables.compare_view(records, str(results_dir), runs=runs, baseline=baseline, by=by)
@@ -309,7 +309,7 @@ def compare(results_dir: Path = RESULTS,
     if format is Format.table:
         console.show(rows, view.shown, view.title)
     else:
-        console.raw(tables.render(rows, view.columns, format.value))
+        console.raw(columns.render(rows, view.columns, format.value))
     note = tables.fallback_note(records)
     if note:
         console.note(f"note: {note}")

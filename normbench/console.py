@@ -3,7 +3,7 @@
 Text that comes from users, files or libraries (paths, spec names, warnings, error messages) may
 hold `[...]` or `:name:`; it is never read as rich markup or emoji. Styles are applied by code.
 Control and bidi characters in it (a record's ESC sequences) are printed as escapes
-(`tables.printable`), never raw.
+(`columns.printable`), never raw.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from normbench import tables
+from normbench.columns import (DROP_ORDER, GROUP_COLUMNS, HEADERS, RUN_COLUMNS, TEXT_COLUMNS,
+                               cell, printable, shown_columns)
 
 
 class _Console(Console):
@@ -67,7 +68,7 @@ def tolerate_any_encoding() -> None:
 
 
 def _text(text: str, **kwargs) -> Text:
-    return Text(tables.printable(str(text)), **kwargs)
+    return Text(printable(str(text)), **kwargs)
 
 
 def say(text: str) -> None:
@@ -90,7 +91,7 @@ def warning(text: str) -> None:
 
 def raw(text: str) -> None:
     """Ready-made output (csv, json, md) on stdout, as it is but for control characters."""
-    out.file.write(tables.printable(text))
+    out.file.write(printable(text))
     out.file.flush()
 
 
@@ -98,34 +99,8 @@ def raw(text: str) -> None:
 # Tables: numbers stay whole; text columns wrap; whole columns are dropped (least useful first)
 # only when even that does not fit the terminal.
 
-HEADERS = {"test_acc_mean": "acc %", "test_acc_std": "std (pts)", "test_acc_best": "best acc %",
-           "test_acc_ci95": "± 95% CI (pts)", "test_err_mean": "error %",
-           "test_err_ci95": "± 95% CI (pts)", "delta_acc": "Δ acc (pts)",
-           "test_loss_mean": "loss", "first_epoch_s": "1st epoch s", "steady_epoch_s": "s/epoch",
-           "samples_per_s": "samples/s", "steady_samples_per_s": "samples/s", "impl_used": "impl",
-           "batch_size": "batch", "test_accuracy": "acc %", "test_loss": "loss",
-           "p_value": "p (Welch)"}
-TEXT_COLUMNS = ("name", "config", "dataset", "norm", "impl", "impl_used", "run_id", "baseline",
-                "note", "diverged_reason", "what", "state", "path")
-# Dropped in this order when the terminal is too narrow; accuracy, error and CI columns never are.
-DROP_ORDER = ("first_epoch_s", "steady_epoch_s", "samples_per_s", "steady_samples_per_s",
-              "test_loss_mean", "test_loss", "impl", "impl_used", "smoke", "dataset", "epochs",
-              "seed", "note", "baseline")
-
-
-def _cell(column: str, value: Any) -> str:
-    text = tables.printable(tables.fmt(column, value), newlines=False)
-    if column in ("test_acc_mean", "test_acc_best", "test_err_mean", "test_accuracy"):
-        return text.rstrip("%")  # the header says %
-    if column.endswith("_ci95") or column == "test_acc_std":
-        return text.removesuffix(" pts")
-    if column == "delta_acc":
-        return text.removesuffix(" pts")
-    return text
-
-
 def _is_text(column: str, rows: list[dict]) -> bool:
-    return column in TEXT_COLUMNS or (column not in tables.GROUP_COLUMNS + tables.RUN_COLUMNS
+    return column in TEXT_COLUMNS or (column not in GROUP_COLUMNS + RUN_COLUMNS
                                       and not any(isinstance(r.get(column), (int, float))
                                                   for r in rows))
 
@@ -160,8 +135,8 @@ def _min_width(rows: list[dict], columns: list[str], cells: dict[str, list[str]]
 def table(rows: list[dict], columns: Iterable[str], title: str, console: Console = out):
     """A table of `rows` that fits the console: optional columns nobody needs are left out;
     when still too wide, text columns wrap, then columns in DROP_ORDER go."""
-    shown = tables.shown_columns(rows, columns)
-    cells = {c: [_cell(c, row.get(c)) for row in rows] for c in shown}
+    shown = shown_columns(rows, columns)
+    cells = {c: [cell(c, row.get(c)) for row in rows] for c in shown}
     width = console.width
     every = list(shown)
     for column in DROP_ORDER:
@@ -196,7 +171,7 @@ MAX_TABLE_ROWS = 500  # beyond this, listings are plain lines: rich lays tables 
 
 def lines(title: str, body: list[str]) -> None:
     """A long listing, written as plain lines (literal text, no layout)."""
-    out.file.write(tables.printable("\n".join([title, *(line.replace("\n", " ") for line in body)]))
+    out.file.write(printable("\n".join([title, *(line.replace("\n", " ") for line in body)]))
                    + "\n")
     out.file.flush()
 

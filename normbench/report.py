@@ -12,10 +12,12 @@ import base64
 import datetime as dt
 import html
 import platform
+import string
 import subprocess
+from importlib import resources
 from pathlib import Path
 
-from normbench import findings, grid, guards, stats, store, tables, tuning
+from normbench import columns, findings, grid, guards, stats, store, tables, tuning
 from normbench.study import Cell, Study
 
 # ---------------------------------------------------------------------------------------------
@@ -120,13 +122,13 @@ def bn_modes_table(study: Study) -> tuple[list[str], list[list[str]]]:
 
 def _h(text: str) -> str:
     """Text for the HTML page: escaped, and control or bidi characters of records shown as
-    escapes (tables.printable)."""
-    return html.escape(tables.printable(str(text)))
+    escapes (columns.printable)."""
+    return html.escape(columns.printable(str(text)))
 
 
 def _md(text: str) -> str:
     """A Markdown table cell: one line, `|` escaped, control and bidi characters as escapes."""
-    return tables.printable(str(text), newlines=False).replace("|", "\\|")
+    return columns.printable(str(text), newlines=False).replace("|", "\\|")
 
 
 def _md_table(head: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
@@ -179,21 +181,13 @@ def provenance(study: Study, results_dir: Path | None = None) -> dict[str, str]:
                        + f" on {platform.node()}"}
 
 
-CSS = """
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:72rem;margin:0 auto;
-padding:1rem;line-height:1.45;color:#1d1d1f;overflow-wrap:anywhere}
-h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-img{max-width:100%;height:auto;display:block}
-.scroll{overflow-x:auto;max-width:100%}
-table{border-collapse:collapse;font-variant-numeric:tabular-nums;font-size:.9rem}
-td,th{border:1px solid #ccc;padding:.25rem .5rem;white-space:nowrap;text-align:right}
-td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}
-pre{overflow-x:auto;background:#f6f6f6;padding:.5rem;white-space:pre}
-nav{display:flex;flex-wrap:wrap;gap:.25rem 1rem}
-.up{font-size:.8rem;margin-left:.5rem}
-.note{color:#555;font-size:.9rem}
-"""
+
+
+def page_template() -> string.Template:
+    """report.html's page (its CSS inside): normbench/_assets/report.html, with $title, $context,
+    $metric, $nav and $body filled in (each already HTML-escaped or built from escaped parts)."""
+    return string.Template(resources.files("normbench").joinpath("_assets/report.html")
+                           .read_text(encoding="utf-8"))
 
 
 def _image(path: Path) -> str:
@@ -289,7 +283,7 @@ def write(study: Study, out: Path, fmt: str = "png", results_dir: Path | None = 
               ["BN"] + [f"{v:.1f}" for v in paper["batch_per_gpu"]["batch"]],
               ["GN"] + [f"{v:.1f}" for v in paper["batch_per_gpu"]["group"]]]
     doc = Document(study, claims, checks, tables_, p_rows, protocol, facts, error_png, curves_png)
-    store.write_atomic(out / "report.md", tables.printable(doc.markdown()))
+    store.write_atomic(out / "report.md", columns.printable(doc.markdown()))
     store.write_atomic(out / "report.html", doc.html())
     return [out / "report.md", out / "report.html", error_png, curves_png]
 
@@ -376,12 +370,5 @@ class Document:
             items=items, code=lambda text: f"<pre>{_h(text)}</pre>")
         body = "".join(f'<h2 id="{key}">{_h(titles[key])}{"" if key == "summary" else up}</h2>'
                        + "".join(parts) for key, parts in blocks)
-        return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_h(s.name)}</title><style>{CSS}</style></head><body>
-<h1>{_h(s.name)}</h1>
-<p>{_h(s.context)}. Metric: {_h(s.metric)}.</p>
-<nav>{nav}</nav>
-{body}
-</body></html>
-"""
+        return page_template().substitute(title=_h(s.name), context=_h(s.context),
+                                          metric=_h(s.metric), nav=nav, body=body)

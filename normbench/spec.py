@@ -197,7 +197,7 @@ class ModelSpec(_Frozen):
     # `norm` a factory of the spec's norm layers (None for none); returns a keras.Model whose
     # outputs are class probabilities
     factory: str | None = Field(None, max_length=300)
-    norm: NormSpec = NormSpec()
+    norm: NormSpec = Field(default_factory=NormSpec)  # a factory: a default is not deep-copied
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelSpec:
@@ -422,14 +422,14 @@ class TuneSpec(_Frozen):
 class Spec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     dataset: str = "mnist"
-    model: ModelSpec = ModelSpec()
-    train: TrainSpec = TrainSpec()
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
     # labels for finding runs again (--where tags=x, normbench rm); not part of the run id
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         [], max_length=32, json_schema_extra={"identity": False})
-    slurm: SlurmSpec = Field(SlurmSpec(), json_schema_extra={"identity": False})
-    study: StudySpec = Field(StudySpec(), json_schema_extra={"identity": False})
-    tune: TuneSpec = Field(TuneSpec(), json_schema_extra={"identity": False})
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec, json_schema_extra={"identity": False})
+    study: StudySpec = Field(default_factory=StudySpec, json_schema_extra={"identity": False})
+    tune: TuneSpec = Field(default_factory=TuneSpec, json_schema_extra={"identity": False})
 
     @field_validator("dataset")
     @classmethod

@@ -341,7 +341,7 @@ def run_all(quick: bool = False) -> list[Result]:
 
 def report(found: list[Result], *, failures_only: bool = False, fmt: str = "table") -> None:
     """Print the checks (a table, or md/csv/json) and each check's worst error on stderr."""
-    from normbench import console, tables
+    from normbench import columns as column_formats, console
 
     rows = [{"check": r.check, "case": r.case, "output_error": r.output_error,
              "grad_error": r.grad_error, "native_exact": r.native_exact,
@@ -360,7 +360,7 @@ def report(found: list[Result], *, failures_only: bool = False, fmt: str = "tabl
                        sci(row["grad_error"]), sci(row["native_exact"]), sci(row["other_exact"]),
                        f"{row['tolerance']:.0e}", "pass" if row["ok"] else "FAIL") for row in rows])
     else:
-        console.out.print(tables.render(rows, columns, fmt), end="", soft_wrap=True)
+        console.out.print(column_formats.render(rows, columns, fmt), end="", soft_wrap=True)
     worst: dict[str, float] = {}
     for r in found:
         worst[r.check] = max(worst.get(r.check, 0.0), r.output_error, r.grad_error or 0.0)

@@ -10,18 +10,18 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from normbench import gates, store, tables
+from normbench import columns, gates, store
 from normbench.errors import NormbenchError
 
 
 def test_parse_refuses_unknown_columns_and_non_numbers():
-    assert gates.parse(["test_acc_mean=0.9"], tables.GROUP_COLUMNS) == [gates.Gate("test_acc_mean", 0.9)]
-    assert gates.parse([], tables.GROUP_COLUMNS, ["test_err_mean=0.1"]) == [
+    assert gates.parse(["test_acc_mean=0.9"], columns.GROUP_COLUMNS) == [gates.Gate("test_acc_mean", 0.9)]
+    assert gates.parse([], columns.GROUP_COLUMNS, ["test_err_mean=0.1"]) == [
         gates.Gate("test_err_mean", 0.1, under=False)]
     for bad, why in (("nope=1", "unknown column"), ("test_acc_mean", "COLUMN=VALUE"),
                      ("test_acc_mean=high", "not a number"), ("test_acc_mean=nan", "finite")):
         with pytest.raises(NormbenchError, match=why):
-            gates.parse([bad], tables.GROUP_COLUMNS)
+            gates.parse([bad], columns.GROUP_COLUMNS)
 
 
 def test_a_group_below_or_with_nothing_finished_fails(tmp_path):
@@ -52,15 +52,15 @@ def test_a_diverged_run_fails_the_run_gate():
 ])
 def test_a_gate_in_the_wrong_direction_or_on_text_names_the_right_option(under, over, said):
     with pytest.raises(NormbenchError, match=re.escape(said)):
-        gates.parse(under, tables.GROUP_COLUMNS, over)
+        gates.parse(under, columns.GROUP_COLUMNS, over)
 
 
 def test_lower_is_better_columns_fail_above_and_counts_take_either_direction():
     rows = [{"name": "a", "config": "", "runs": 3, "test_err_mean": 0.05},
             {"name": "b", "config": "", "runs": 3, "test_err_mean": 0.20}]
-    over = gates.parse([], tables.GROUP_COLUMNS, ["test_err_mean=0.1"])
+    over = gates.parse([], columns.GROUP_COLUMNS, ["test_err_mean=0.1"])
     assert [bool(v.failures) for v in gates.judge(rows, over, runs=False)] == [False, True]
-    assert gates.parse(["runs=3"], tables.GROUP_COLUMNS, ["runs=5"])  # at least 3, at most 5
+    assert gates.parse(["runs=3"], columns.GROUP_COLUMNS, ["runs=5"])  # at least 3, at most 5
 
 
 def test_an_experiment_with_diverged_runs_fails_unless_allowed():

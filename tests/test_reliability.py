@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench import console, grid, store, tables
+from normbench import columns, console, grid, store, tables
 from normbench.errors import NormbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,14 +231,14 @@ def test_diverged_runs_are_counted_not_averaged(make_record):
     assert row["runs"] == 2 and row["diverged"] == 1
     assert row["test_acc_mean"] == pytest.approx(0.91) and row["accuracies"] == [0.90, 0.92]
     for fmt in ("md", "csv", "json"):
-        assert "diverged" in tables.render([row], tables.GROUP_COLUMNS, fmt).splitlines()[0] \
+        assert "diverged" in columns.render([row], columns.GROUP_COLUMNS, fmt).splitlines()[0] \
             or fmt == "json"
-    data = json.loads(tables.render([row], tables.GROUP_COLUMNS, "json"))
+    data = json.loads(columns.render([row], columns.GROUP_COLUMNS, "json"))
     assert data[0]["diverged"] == 1
     (alone,) = tables.group_rows([bad])
     assert alone["runs"] == 0 and alone["test_acc_mean"] is None
     assert alone["note"] == "all 1 run(s) diverged"
-    assert "all 1 run(s) diverged" in tables.render([alone], tables.GROUP_COLUMNS, "md")
+    assert "all 1 run(s) diverged" in columns.render([alone], columns.GROUP_COLUMNS, "md")
 
 
 def test_compare_json_has_no_bare_nan(tmp_path, make_record):

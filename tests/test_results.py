@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench import store, tables
+from normbench import columns, store, tables
 from normbench.errors import NormbenchError
 
 README = Path(__file__).parents[1] / "results" / "README.md"
@@ -154,13 +154,13 @@ def test_group_statistics_by_hand(make_record):
 
 def test_render_formats(make_record):
     rows = tables.group_rows([make_record()])
-    md = tables.render(rows, tables.GROUP_COLUMNS, "md")
+    md = columns.render(rows, columns.GROUP_COLUMNS, "md")
     assert md.splitlines()[0].startswith("| name | dataset |") and "**90.00%**" in md
-    assert "config" in tables.render(rows, tables.GROUP_COLUMNS, "csv").splitlines()[0]
-    assert "diverged" not in md and "diverged" not in tables.render(rows, tables.GROUP_COLUMNS, "csv")
-    parsed = list(csv.DictReader(io.StringIO(tables.render(rows, tables.GROUP_COLUMNS, "csv"))))
+    assert "config" in columns.render(rows, columns.GROUP_COLUMNS, "csv").splitlines()[0]
+    assert "diverged" not in md and "diverged" not in columns.render(rows, columns.GROUP_COLUMNS, "csv")
+    parsed = list(csv.DictReader(io.StringIO(columns.render(rows, columns.GROUP_COLUMNS, "csv"))))
     assert float(parsed[0]["test_acc_mean"]) == 0.9
-    assert json.loads(tables.render(rows, tables.GROUP_COLUMNS, "json"))[0]["runs"] == 1
+    assert json.loads(columns.render(rows, columns.GROUP_COLUMNS, "json"))[0]["runs"] == 1
 
 
 def test_summaries_rebuilt_from_records(tmp_path, make_record):
@@ -170,12 +170,12 @@ def test_summaries_rebuilt_from_records(tmp_path, make_record):
     skipped = tables.write_summaries(tmp_path)
     assert skipped == [("junk", "no metrics.json")]
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert [r["run_id"] for r in rows] == ["a-00000000000a", "b-00000000000b"] and list(rows[0]) == list(tables.RUN_COLUMNS)
+    assert [r["run_id"] for r in rows] == ["a-00000000000a", "b-00000000000b"] and list(rows[0]) == list(columns.RUN_COLUMNS)
     md = (tmp_path / "summary.md").read_text()
     assert "2 run(s)" in md and "85.00%" in md and "`junk`: no metrics.json" in md
 
 
 def test_every_column_is_documented():
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", README.read_text(), re.M))
-    missing = (set(tables.RUN_COLUMNS) | set(tables.GROUP_COLUMNS)) - documented
+    missing = (set(columns.RUN_COLUMNS) | set(columns.GROUP_COLUMNS)) - documented
     assert not missing, f"results/README.md lacks {sorted(missing)}"

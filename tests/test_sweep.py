@@ -109,7 +109,7 @@ def test_dry_run_then_resume_then_force(tmp_path):
     after = {r.run_id: r.started for r in store.load_records(out)[0]}
     assert set(after) == set(started) and sum(after[k] != started[k] for k in after) == 2
     assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")
-                and p.name not in (".claims", ".tmp")]
+                and p.name not in (".claims", ".tmp", ".index.json")]
     assert not list((out / "runs" / ".tmp").iterdir())  # nothing half-written left behind
 
 
@@ -169,7 +169,7 @@ def test_sigint_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     kept, skipped = store.load_records(out)
     assert 2 <= len(kept) < 6 and not skipped
     assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")
-                and p.name not in (".claims", ".tmp")]
+                and p.name not in (".claims", ".tmp", ".index.json")]
     assert not list((out / "runs" / ".tmp").iterdir())  # nothing half-written left behind
     for record in kept:
         assert sorted(p.name for p in (out / "runs" / record.run_id).iterdir()) == [

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from normbench import provenance, spec as specs, store, tables
 from normbench.errors import NormbenchError
@@ -53,6 +53,7 @@ class Driver:
     since: str
     retry_fallback: bool
     trackers: tuple = ()  # track.MLflow / track.TensorBoard: log each saved run (driver only)
+    index: Any = None  # the results directory's record index (index.Index): told of each save
     outcome: Outcome = field(default_factory=Outcome)
 
     def claim(self, item: Planned):
@@ -105,6 +106,8 @@ class Driver:
             folder = store.save(record, specs.to_yaml(item.spec), self.results_dir, files)
             tables.append_summary(self.results_dir, record)
             self.outcome.ran.append(record)
+            if self.index is not None:
+                self.index.saved(record)
         for tracker in self.trackers:  # the record is safe on disk: a tracker's failure is noted
             try:
                 tracker.log(record, folder)

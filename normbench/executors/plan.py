@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normbench import identity, spec as specs, store
+from normbench.index import Index
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,14 @@ class Planned:
 
 def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
          retry_fallback: bool = False, hashes: list[str] | None = None,
-         spec_files: list[str | None] | None = None) -> list[Planned]:
+         spec_files: list[str | None] | None = None, index: Index | None = None) -> list[Planned]:
     """One entry per run, in grid order, and whether it is done. With `retry_fallback`, a run
     that trained on fallback data (mnist-10k for an offline mnist) counts as not done.
     `hashes` (each run's spec_hash, when the caller has them) saves computing them again;
-    `spec_files` (each run's spec file) goes into the records' provenance."""
+    `spec_files` (each run's spec file) goes into the records' provenance. Finished runs are
+    told from `index` (the results directory's record index, loaded if not given) where its
+    entries still hold, else from the records; what was read is remembered in `index`."""
+    index = index if index is not None else Index.load(results_dir)
     out, seen = [], set()
     for i, spec in enumerate(runs):
         spec_hash = hashes[i] if hashes else identity.spec_hash(spec)
@@ -33,9 +37,8 @@ def plan(runs: list[specs.Spec], smoke: bool, results_dir: Path, *,
         if rid in seen:
             continue
         seen.add(rid)
-        record = store.finished(results_dir, rid)
-        fallback = record is not None and record.dataset.fallback
-        out.append(Planned(spec, rid, record is not None and not (retry_fallback and fallback),
+        done, fallback = index.finished(rid)
+        out.append(Planned(spec, rid, done and not (retry_fallback and fallback),
                            fallback, spec_files[i] if spec_files else None, spec_hash))
     return out
 

@@ -16,9 +16,30 @@ class FilterResponseNormalization(keras.layers.Layer):
     `y = max(gamma * x / sqrt(nu2 + |eps|) + beta, tau)` with a learned per-channel threshold tau.
     Like InstanceNorm it never mixes samples; unlike it, it keeps each channel's mean.
 
-    Arguments are tensorflow-addons' (epsilon=1e-6, axis=[1, 2] on NHWC, learned_epsilon, ...),
-    whose layer lacked the TLU: `use_tlu=False` reproduces it exactly (weights gamma, beta of shape
-    (1, 1, 1, C) as there); center/scale may drop beta/gamma.
+    Defaults are tensorflow-addons' (epsilon=1e-6, axis=[1, 2] on NHWC), whose layer lacked the
+    TLU: `use_tlu=False` reproduces it exactly (weights gamma, beta of shape (1, 1, 1, C) as
+    there).
+
+    Args:
+        epsilon: added to `nu2` before the square root (its absolute value is used).
+        axis: the spatial axes of an NHWC input; only [1, 2] is accepted.
+        beta_initializer: initializer of `beta` (a Keras initializer or its name).
+        gamma_initializer: initializer of `gamma`.
+        beta_regularizer: optional regularizer of `beta`.
+        gamma_regularizer: optional regularizer of `gamma`.
+        beta_constraint: optional constraint on `beta`.
+        gamma_constraint: optional constraint on `gamma`.
+        learned_epsilon: whether epsilon is a trained weight (initialized at `epsilon`).
+        learned_epsilon_constraint: optional constraint on the learned epsilon.
+        use_tlu: whether to apply the thresholded linear unit `max(y, tau)`.
+        tau_initializer: initializer of the threshold `tau`.
+        center: whether to add `beta`.
+        scale: whether to multiply by `gamma`.
+        **kwargs: Keras layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Reference:
+        Singh & Krishnan, "Filter Response Normalization Layer", CVPR 2020,
+        https://arxiv.org/abs/1911.09737.
     """
 
     def __init__(self, epsilon=1e-6, axis=(1, 2), beta_initializer="zeros", gamma_initializer="ones",

@@ -74,7 +74,8 @@ def group_norm_kernel(groups: int, axis: int, epsilon: float, *, xla: bool = Fal
         spatial = (tf.reduce_prod([sizes[i] for i in range(1, rank) if i != ax])
                    if None in known else math.prod(known))
         count = (tf.cast(spatial, x.dtype) if None in known else float(spatial)) * (dim // groups)
-        # Sums as matmuls pay off from ~64k values per sample; below, XLA's reductions win.
+        # Sums as matmuls pay off from ~64k values per sample; below, XLA's reductions win
+        # (measured 2026-11 on a 2-core Xeon VM, TF 2.21, `normbench bench layers`).
         as_matmul = xla and ax == rank - 1 and rank > 2 and None not in known \
             and spatial * dim >= 1 << 16
         summed_shape = [sizes[0]] + [1] * len(inner) + [groups, dim // groups]

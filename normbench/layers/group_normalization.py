@@ -21,13 +21,34 @@ class GroupNormalization(keras.layers.Layer):
     Instance Normalization (per sample and channel over H, W). No statistic crosses samples, so the
     output of one sample never depends on the rest of its batch, in training or at inference.
 
-    `group_size` (normbench's, not tfa's) sets the channels per group instead: the number of
-    groups is then the channel count divided by it, so one layer definition keeps the same group
-    size at every width (the GN paper's other setting). Other arguments and their defaults are
-    tensorflow-addons' (groups=2, epsilon=1e-3); weights are named
-    `gamma` and `beta`. Under a mixed-precision policy, inputs are not cast down on the way in,
-    statistics are computed in float32 (float64 for float64 inputs) and the output has the
-    layer's compute dtype.
+    Defaults are tensorflow-addons' (groups=2, epsilon=1e-3) and so are the weights' names
+    (`gamma`, `beta`): a model saved with tfa's layer loads into this one. Under a mixed-precision
+    policy, inputs are not cast down on the way in, statistics are computed in float32 (float64
+    for float64 inputs) and the output has the layer's compute dtype.
+
+    Args:
+        groups: number of groups the channels on `axis` are split into; it must divide them.
+            -1 means one channel per group (Instance Normalization). Ignored when `group_size`
+            is set.
+        axis: the channel axis (-1 for channels-last images); every other non-batch axis is
+            normalized over.
+        epsilon: added to the variance before the square root.
+        center: whether to add the learned per-channel offset `beta`.
+        scale: whether to multiply by the learned per-channel scale `gamma`.
+        beta_initializer: initializer of `beta` (a Keras initializer or its name).
+        gamma_initializer: initializer of `gamma`.
+        beta_regularizer: optional regularizer of `beta`.
+        gamma_regularizer: optional regularizer of `gamma`.
+        beta_constraint: optional constraint on `beta`.
+        gamma_constraint: optional constraint on `gamma`.
+        group_size: channels per group instead of a group count (normbench's, not tfa's): the
+            number of groups is then the channel count divided by it, so one layer definition
+            keeps the same group size at every width (the GN paper's other setting). None (the
+            default) uses `groups`.
+        **kwargs: Keras layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Reference:
+        Wu & He, "Group Normalization", ECCV 2018, https://arxiv.org/abs/1803.08494.
     """
 
     def __init__(self, groups=2, axis=-1, epsilon=1e-3, center=True, scale=True,
@@ -102,6 +123,15 @@ class InstanceNormalization(GroupNormalization):
     GroupNormalization with one channel per group: each sample's channel is normalized over its
     spatial axes. A `groups` argument is accepted and ignored so that configs saved by
     tensorflow-addons (which store the resolved group count) load unchanged.
+
+    Args:
+        **kwargs: GroupNormalization's arguments (`axis`, `epsilon`, `center`, `scale`, the
+            initializers, regularizers and constraints of `beta` and `gamma`) and Keras layer
+            arguments; `groups` and `group_size` are fixed at one channel per group.
+
+    Reference:
+        Ulyanov, Vedaldi & Lempitsky, "Instance Normalization: The Missing Ingredient for Fast
+        Stylization", 2016, https://arxiv.org/abs/1607.08022.
     """
 
     def __init__(self, **kwargs):

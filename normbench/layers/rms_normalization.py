@@ -14,6 +14,23 @@ class RMSNormalization(keras.layers.Layer):
     `y = x / sqrt(mean(x^2 over axis) + epsilon) * gamma (+ beta if center)`: LayerNorm over
     `axis` without re-centering. In a CNN with axis=-1 each pixel is scaled by the RMS of its
     channels. The paper has no beta, hence center=False by default.
+
+    Args:
+        axis: the axis the root mean square is taken over (-1: the channels).
+        epsilon: added to the mean square before the square root.
+        center: whether to add a learned offset `beta` (not in the paper).
+        scale: whether to multiply by the learned per-channel scale `gamma`.
+        beta_initializer: initializer of `beta` (a Keras initializer or its name).
+        gamma_initializer: initializer of `gamma`.
+        beta_regularizer: optional regularizer of `beta`.
+        gamma_regularizer: optional regularizer of `gamma`.
+        beta_constraint: optional constraint on `beta`.
+        gamma_constraint: optional constraint on `gamma`.
+        **kwargs: Keras layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Reference:
+        Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019,
+        https://arxiv.org/abs/1910.07467.
     """
 
     def __init__(self, axis=-1, epsilon=1e-6, center=False, scale=True, beta_initializer="zeros",

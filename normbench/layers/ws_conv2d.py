@@ -13,6 +13,15 @@ class WSConv2D(keras.layers.Conv2D):
     Each output filter's kernel is standardized over (kh, kw, in_channels) before convolving:
     `W_hat = (W - mean) / sqrt(var + ws_epsilon)`. Paired with GroupNorm it was the GN paper's
     strongest follow-up at small batch sizes. The stored kernel stays unstandardized.
+
+    Args:
+        *args: Keras Conv2D's positional arguments (`filters`, `kernel_size`, ...).
+        ws_epsilon: added to each filter's variance before the square root.
+        **kwargs: Keras Conv2D's keyword arguments (`strides`, `padding`, `use_bias`, ...).
+
+    Reference:
+        Qiao, Wang, Liu, Shen & Yuille, "Micro-Batch Training with Batch-Channel Normalization
+        and Weight Standardization", 2019, https://arxiv.org/abs/1903.10520.
     """
 
     def __init__(self, *args, ws_epsilon=1e-5, **kwargs):
