@@ -356,8 +356,9 @@ def learning_groups(records: list[store.RunRecord], max_facets: int = 6) -> dict
     varying = {}  # per norm: the fields that tell its runs apart
     for norm in {r.norm_type for r in records}:
         mine = [flats[id(r)] for r in records if r.norm_type == norm]
-        varying[norm] = sorted({p for f in mine for p in f
-                                if len({tables.value_label(g.get(p)) for g in mine}) > 1})
+        fields = {p for f in mine for p in f}  # each field's values counted once: linear in runs
+        varying[norm] = sorted(p for p in fields
+                               if len({tables.value_label(g.get(p)) for g in mine}) > 1)
     batches = sorted({flats[id(r)].get("train.batch_size") for r in records}, key=tables.sort_key)
     facet_by_batch = 1 < len(batches) <= max_facets
     groups: dict[str, dict[str, list]] = {}
