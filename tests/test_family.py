@@ -11,8 +11,20 @@ import tensorflow as tf  # noqa: E402
 from normbench import norms, spec as specs  # noqa: E402
 from normbench.layers import FilterResponseNormalization, RMSNormalization, WSConv2D  # noqa: E402
 from normbench.verify import rel_error  # noqa: E402
+from layer_contract import run_layer_contract  # noqa: E402
 
 SHAPE = (2, 5, 5, 6)
+
+
+@pytest.mark.parametrize("cls,kwargs,weights", [
+    (FilterResponseNormalization, {}, 3), (FilterResponseNormalization, {"use_tlu": False}, 2),
+    (RMSNormalization, {}, 1), (RMSNormalization, {"center": True}, 2),
+    (WSConv2D, {"filters": 4, "kernel_size": 3, "padding": "same"}, 2)])
+def test_the_layer_contract(cls, kwargs, weights, tmp_path):
+    shape = (2, 5, 5, 6)
+    out = (2, 5, 5, 4) if cls is WSConv2D else shape
+    run_layer_contract(cls, kwargs, shape, tmp_path, expected_output_shape=out,
+                       trainable_weights=weights)
 
 
 def frn_ref(x, w, eps, use_tlu=True):

@@ -1,5 +1,5 @@
 """The training loop's fast paths compute what Keras computes: TensorFlow's fused optimizer ops
-in place of Keras's update, the softmax left out of training, fused BatchNorm (test_science)."""
+in place of Keras's update, the softmax left out of training, fused BatchNorm (test_batch_normalization)."""
 
 from __future__ import annotations
 

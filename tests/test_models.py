@@ -7,7 +7,7 @@ import pytest
 
 import tensorflow  # noqa: E402,F401 - a hard dependency: an import failure must fail
 
-from normbench import norms, spec as specs  # noqa: E402
+from normbench import layers, norms, spec as specs  # noqa: E402
 from normbench.models import build_model  # noqa: E402
 
 
@@ -33,3 +33,28 @@ def test_models_do_not_share_norm_layers():
     made = norms.make(spec.model.norm)
     a, b = build_model(spec.model, made.norm, made.conv), build_model(spec.model, made.norm, made.conv)
     assert a.layers[1] is not b.layers[1]
+
+
+def _yaml_spec(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndataset: mnist-10k\n" + text)
+    from normbench import grid
+    return grid.load(path)
+
+
+
+def test_vgg_puts_the_norm_after_every_conv(tmp_path):
+    from normbench import norms
+    from normbench.models import build_model
+
+    spec = _yaml_spec(tmp_path, "model: {arch: vgg, widths: [8, 8, M, 16, 16, M, 32], "
+                           "norm: {type: batch, virtual_batch_size: 4}}\n")
+    made = norms.make(spec.model.norm)
+    model = build_model(spec.model, made.norm, made.conv)
+    kinds = [type(l).__name__ for l in model.layers]
+    assert kinds.count("Conv2D") == 5 and kinds.count("BatchNormalization") == 5
+    assert kinds.count("MaxPooling2D") == 2 and made.impl == "native"
+    assert all(layer.ghost_batch_size == 4 for layer in model.layers
+               if isinstance(layer, layers.BatchNormalization))
+    assert model.output_shape == (None, 10)
+

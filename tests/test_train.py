@@ -147,3 +147,63 @@ def test_sweep_workers_get_their_own_cores():
         seen.append(out[1].strip())
     assert seen == [str(cores[:share]), str(cores[share:2 * share])]
     assert executors.pin_worker(0, 1) == len(cores)  # one worker keeps every core
+
+
+def _yaml_spec(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndataset: mnist-10k\n" + text)
+    return grid.load(path)
+
+
+
+def test_a_ghost_run_drops_the_last_smaller_batch_and_records_three_evaluations(tmp_path):
+    spec = _yaml_spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 8, momentum: 0.9, "
+                           "precise_samples: 256, eval_stats: precise}}\n"
+                           "train: {batch_size: 48, eval_every: 1, validation_split: 0.1}\n")
+    record = train.run_one(spec, smoke=True, quiet=True)
+    assert record.dropped_per_epoch == 900 % 48  # 1,000 smoke images less the 10% held out
+    assert set(record.bn_eval) == {"moving", "precise", "batch"}
+    assert record.bn_eval["precise"].samples == 256 // 48 * 48
+    assert record.test_accuracy == record.bn_eval["precise"].accuracy  # eval_stats picks it
+    assert record.history[-1].val_accuracy is not None and record.test_error_median5 is not None
+    assert any("not trained on" in w for w in record.warnings)
+
+
+
+def test_virtual_batch_size_must_divide_the_batch(tmp_path):
+    with pytest.raises(NormbenchError, match="virtual_batch_size: 5 does not divide train.batch_size=32"):
+        _yaml_spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 5}}\n")
+
+
+def test_a_seed_gives_the_same_initial_weights_for_every_norm_and_batch(tmp_path):
+    """Paired seeds: conv and dense kernels depend on the seed only, not on the norm or v."""
+    def kernels(text, seed=0):
+        spec = _yaml_spec(tmp_path, "model: {arch: vgg, widths: [8, M, 16], norm: " + text + "}\n"
+                               f"train: {{batch_size: 16, seed: {seed}}}\n")
+        model, _ = train.initial_model(spec)
+        return [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+
+    reference = kernels("{type: batch}")
+    assert len(reference) == 3  # two convs and the head's dense layer
+    for norm in ("{type: batch, virtual_batch_size: 2}", "{type: group, groups: 4}",
+                 "{type: layer}", "{type: instance}", "{type: batch_renorm}", "{type: none}"):
+        got = kernels(norm)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, got, strict=True)), norm
+    assert not np.array_equal(kernels("{type: batch}", seed=1)[0], reference[0])
+
+
+
+def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
+    spec = _yaml_spec(tmp_path, "model: {norm: {type: batch_renorm, virtual_batch_size: 8, "
+                           "momentum: 0.9, precise_samples: 128}}\ntrain: {batch_size: 32}\n")
+    record = train.run_one(spec, smoke=True, quiet=True)
+    assert record.status == "finished" and set(record.bn_eval) == {"moving", "precise", "batch"}
+    assert record.dropped_per_epoch == 1000 % 32
+
+
+def test_the_history_records_the_learning_rate_of_each_epoch(tmp_path):
+    spec = _yaml_spec(tmp_path, "train: {optimizer: sgd, learning_rate: 0.1, schedule: step, "
+                           "milestones: [0.5], epochs: 2, batch_size: 100}\n")
+    record = train.run_one(spec, smoke=True, quiet=True)
+    # 10 steps an epoch (1,000 smoke images): epoch 1 ends before the milestone (step 10)
+    assert [round(e.learning_rate, 6) for e in record.history] == [0.1, 0.01]

@@ -1,4 +1,5 @@
-"""GroupNormalization / InstanceNormalization against a float64 NumPy reference, and Keras."""
+"""GroupNormalization / InstanceNormalization: the layer contract, a float64 NumPy reference, and
+Keras."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ import tensorflow as tf  # noqa: E402
 from normbench import layers  # noqa: E402
 from normbench.layers import GroupNormalization, InstanceNormalization  # noqa: E402
 from normbench.verify import reference, reference_grads  # noqa: E402
+from layer_contract import run_layer_contract  # noqa: E402
+
+
+@pytest.mark.parametrize("cls,kwargs", [(GroupNormalization, {"groups": 3}),
+                                        (GroupNormalization, {"group_size": 2}),
+                                        (GroupNormalization, {"groups": 1, "center": False}),
+                                        (InstanceNormalization, {})])
+def test_the_layer_contract(cls, kwargs, tmp_path):
+    run_layer_contract(cls, kwargs, (4, 5, 5, 6), tmp_path,
+                       trainable_weights=2 - (kwargs.get("center") is False))
 
 
 CASES = [  # (shape, axis, groups)

@@ -1,9 +1,9 @@
-"""The instruments of the Group Normalization paper's protocol: per-replica (ghost) BatchNorm,
-BN's test-time statistics (moving, PreciseBN, batch), SGD schedules, a deeper CNN, fixed steps."""
+"""normbench's BatchNormalization: Keras's layer with per-group (ghost) statistics whose moving
+statistics are the whole batch's, trained through TensorFlow's fused op where it can be (groups
+folded into the channel axis), batch renorm per group, and BN's test-time statistics (moving,
+PreciseBN, batch)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -11,10 +11,17 @@ import pytest
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from normbench import evaluate as evaluation, grid, layers, optim, train  # noqa: E402
-from normbench.errors import NormbenchError  # noqa: E402
+from normbench import evaluate as evaluation, layers  # noqa: E402
+from layer_contract import run_layer_contract  # noqa: E402
 
 KERAS_3 = layers.KERAS_3
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"virtual_batch_size": 2}, {"virtual_batch_size": 4,
+                                                                    "renorm": True}])
+def test_the_layer_contract(kwargs, tmp_path):
+    run_layer_contract(layers.BatchNormalization, kwargs, (8, 5, 5, 3), tmp_path,
+                       trainable_weights=2, non_trainable_weights=5 if kwargs.get("renorm") else 2)
 
 
 def ghost_reference(x, v, gamma, beta, eps):
@@ -199,102 +206,6 @@ def test_precise_and_batch_statistics_on_a_model_with_a_known_answer():
     assert np.abs(y - want).max() < 1e-4
 
 
-def test_schedules_give_the_learning_rate_at_each_step():
-    step = optim.LearningRate(0.1, total_steps=100, kind="step", milestones=(0.3, 0.6), decay=0.1)
-    assert [round(float(step(s)), 6) for s in (0, 29, 30, 59, 60, 99)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
-    cosine = optim.LearningRate(0.1, total_steps=100, warmup_steps=10, kind="cosine")
-    assert float(cosine(0)) == pytest.approx(0.01)  # warmup: (0 + 1) / 10 of the peak
-    assert float(cosine(9)) == pytest.approx(0.1)
-    assert float(cosine(55)) == pytest.approx(0.05, rel=1e-5)  # half way from 10 to 100
-    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
-    constant = optim.LearningRate(0.2, total_steps=50, warmup_steps=4)
-    assert [round(float(constant(s)), 6) for s in (0, 1, 3, 40)] == [0.05, 0.1, 0.2, 0.2]
-
-
-def _spec(tmp_path, text):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndataset: mnist-10k\n" + text)
-    return grid.load(path)
-
-
-def test_optimizer_and_plan_follow_the_spec(tmp_path):
-    spec = _spec(tmp_path, "train: {optimizer: sgd, momentum: 0.9, nesterov: true, "
-                           "learning_rate: 0.1, batch_size: 64, lr_scaling: linear, "
-                           "base_batch_size: 32, schedule: step, steps: 300}\n")
-    optimizer = optim.make_optimizer(spec.train, 300, 125)
-    assert optimizer.momentum == pytest.approx(0.9) and optimizer.nesterov
-    rate = optimizer.learning_rate
-    assert isinstance(optimizer._learning_rate, optim.LearningRate) if KERAS_3 else True
-    fit = train.Fit(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), None, spec.train)
-    assert fit.plan(8000) == (3, 300, 0)  # 125 steps an epoch: 3 epochs, the last cut short
-    sqrt = _spec(tmp_path, "train: {lr_scaling: sqrt, batch_size: 128}\n")
-    assert sqrt.train.effective_learning_rate == pytest.approx(0.001 * 2)
-    del rate
-
-
-def test_vgg_puts_the_norm_after_every_conv(tmp_path):
-    from normbench import norms
-    from normbench.models import build_model
-
-    spec = _spec(tmp_path, "model: {arch: vgg, widths: [8, 8, M, 16, 16, M, 32], "
-                           "norm: {type: batch, virtual_batch_size: 4}}\n")
-    made = norms.make(spec.model.norm)
-    model = build_model(spec.model, made.norm, made.conv)
-    kinds = [type(l).__name__ for l in model.layers]
-    assert kinds.count("Conv2D") == 5 and kinds.count("BatchNormalization") == 5
-    assert kinds.count("MaxPooling2D") == 2 and made.impl == "native"
-    assert all(layer.ghost_batch_size == 4 for layer in model.layers
-               if isinstance(layer, layers.BatchNormalization))
-    assert model.output_shape == (None, 10)
-
-
-def test_a_ghost_run_drops_the_last_smaller_batch_and_records_three_evaluations(tmp_path):
-    spec = _spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 8, momentum: 0.9, "
-                           "precise_samples: 256, eval_stats: precise}}\n"
-                           "train: {batch_size: 48, eval_every: 1, validation_split: 0.1}\n")
-    record = train.run_one(spec, smoke=True, quiet=True)
-    assert record.dropped_per_epoch == 900 % 48  # 1,000 smoke images less the 10% held out
-    assert set(record.bn_eval) == {"moving", "precise", "batch"}
-    assert record.bn_eval["precise"].samples == 256 // 48 * 48
-    assert record.test_accuracy == record.bn_eval["precise"].accuracy  # eval_stats picks it
-    assert record.history[-1].val_accuracy is not None and record.test_error_median5 is not None
-    assert any("not trained on" in w for w in record.warnings)
-
-
-def test_weight_decay_shrinks_the_weights(tmp_path):
-    plain = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, learning_rate: 0.05}\n")
-    decayed = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, "
-                              "learning_rate: 0.05, weight_decay: 0.05}\n")
-    norms_of = []
-    for spec in (plain, decayed):
-        record = train.run_one(spec, smoke=True, quiet=True)
-        assert record.status == "finished"
-        norms_of.append(record)
-    # same seed and data: the decayed run's final training loss differs (L2 pulls the weights)
-    assert not math.isclose(norms_of[0].train_loss, norms_of[1].train_loss, rel_tol=1e-6)
-
-
-def test_virtual_batch_size_must_divide_the_batch(tmp_path):
-    with pytest.raises(NormbenchError, match="virtual_batch_size: 5 does not divide train.batch_size=32"):
-        _spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 5}}\n")
-
-
-def test_a_seed_gives_the_same_initial_weights_for_every_norm_and_batch(tmp_path):
-    """Paired seeds: conv and dense kernels depend on the seed only, not on the norm or v."""
-    def kernels(text, seed=0):
-        spec = _spec(tmp_path, "model: {arch: vgg, widths: [8, M, 16], norm: " + text + "}\n"
-                               f"train: {{batch_size: 16, seed: {seed}}}\n")
-        model, _ = train.initial_model(spec)
-        return [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
-
-    reference = kernels("{type: batch}")
-    assert len(reference) == 3  # two convs and the head's dense layer
-    for norm in ("{type: batch, virtual_batch_size: 2}", "{type: group, groups: 4}",
-                 "{type: layer}", "{type: instance}", "{type: batch_renorm}", "{type: none}"):
-        got = kernels(norm)
-        assert all(np.array_equal(a, b) for a, b in zip(reference, got, strict=True)), norm
-    assert not np.array_equal(kernels("{type: batch}", seed=1)[0], reference[0])
-
 
 RENORM = dict(renorm=True, renorm_clipping={"rmin": 0.5, "rmax": 2.0, "dmax": 1.0},
               renorm_momentum=0.5, momentum=0.6)
@@ -350,18 +261,3 @@ def test_ghost_renorm_matches_a_float64_reference():
     assert np.allclose(layer.moving_stddev.numpy(), moving_std, atol=1e-5)
     assert np.allclose(layer.moving_variance.numpy(), moving_std ** 2 - layer.epsilon, atol=1e-5)
 
-
-def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
-    spec = _spec(tmp_path, "model: {norm: {type: batch_renorm, virtual_batch_size: 8, "
-                           "momentum: 0.9, precise_samples: 128}}\ntrain: {batch_size: 32}\n")
-    record = train.run_one(spec, smoke=True, quiet=True)
-    assert record.status == "finished" and set(record.bn_eval) == {"moving", "precise", "batch"}
-    assert record.dropped_per_epoch == 1000 % 32
-
-
-def test_the_history_records_the_learning_rate_of_each_epoch(tmp_path):
-    spec = _spec(tmp_path, "train: {optimizer: sgd, learning_rate: 0.1, schedule: step, "
-                           "milestones: [0.5], epochs: 2, batch_size: 100}\n")
-    record = train.run_one(spec, smoke=True, quiet=True)
-    # 10 steps an epoch (1,000 smoke images): epoch 1 ends before the milestone (step 10)
-    assert [round(e.learning_rate, 6) for e in record.history] == [0.1, 0.01]
