@@ -400,7 +400,25 @@ def rerun() -> str:
             f"{env.get('tensorflow')}, {env.get('cpu_count')} cores.\n")
 
 
-BLOCKS = {"paper": paper, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
+def suites() -> str:
+    """The development section's test counts and times (results/examples/tests.json)."""
+    path = ROOT / "results" / "examples" / "tests.json"
+    data = _load(path)
+    rows = ["| command | tests | time |", "| --- | --- | --- |"]
+    labels = {"quick": '`pytest -m "not slow"` (main stack)', "main": "`make test` (main stack, all)",
+              "legacy": "`make legacy-test` (TF 2.15 + tfa, all)"}
+    for key in ("quick", "main", "legacy"):
+        if key not in data:
+            continue
+        d = data[key]
+        parts = [f"{d[k]:,} {k}" for k in ("passed", "skipped", "deselected", "failed") if d.get(k)]
+        minutes = d["seconds"] / 60
+        took = f"{d['seconds']:.0f} s" if d["seconds"] < 120 else f"{minutes:.1f} min"
+        rows.append(f"| {labels[key]} | {', '.join(parts)} | {took} ({d['date']}) |")
+    return "\n".join(rows) + "\n\nOne run each on the 2-core development machine (`scripts/suite_times.py` reads pytest's summary line).\n"
+
+
+BLOCKS = {"paper": paper, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
           "peers": peers, "verify": verify,
           "validate_error": validate_error}
 

@@ -39,6 +39,7 @@ def results(tmp_path_factory):
     return out, records
 
 
+@pytest.mark.slow
 def test_run_trains_a_dict_spec_with_a_sweep_and_resumes(results):
     out, records = results
     assert len(records) == 4 and {r.batch_size for r in records} == {16, 64}
@@ -93,6 +94,7 @@ def test_bad_input_raises_normbench_error_not_system_exit(tmp_path):
         api.results_rows(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_load_results_grouped_and_per_run(results):
     pytest.importorskip("pandas")
     out, records = results
@@ -109,12 +111,14 @@ def test_load_results_grouped_and_per_run(results):
     assert len(normbench.load_results(out, where=["train.batch_size=64"])) == 1
 
 
+@pytest.mark.slow
 def test_load_results_without_pandas_names_the_extra(results, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"normbench\[pandas\]"):
         normbench.load_results(results[0])
 
 
+@pytest.mark.slow
 def test_records_carry_provenance(tmp_path):
     """A spec file inside a git repository: its commit and dirty flag; installed packages."""
     import shutil
@@ -139,6 +143,7 @@ def test_records_carry_provenance(tmp_path):
     assert from_dict.provenance.spec_file is None and from_dict.provenance.git_commit is None
 
 
+@pytest.mark.slow
 def test_run_stops_on_sigterm_only_while_it_runs_and_restores_the_handler(tmp_path, monkeypatch):
     import signal
 
@@ -154,6 +159,7 @@ def test_run_stops_on_sigterm_only_while_it_runs_and_restores_the_handler(tmp_pa
     assert signal.getsignal(signal.SIGTERM) is before  # ... and the caller's handler is back
 
 
+@pytest.mark.slow
 def test_run_from_a_worker_thread_leaves_signals_alone(tmp_path):
     import threading
 
@@ -209,6 +215,7 @@ for name, call in calls.items():
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_where_matches_numbers_by_value_and_runs_refuses_by(tmp_path):
     import subprocess
     import sys

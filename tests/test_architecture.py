@@ -160,6 +160,7 @@ def _loaded(what: str) -> set[str]:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_importing_the_layers_loads_only_them_and_what_keras_loads():
     layers, keras = _loaded("normbench.layers"), _loaded("keras")
     ours = {m for m in layers if m.startswith("normbench")}
@@ -168,3 +169,55 @@ def test_importing_the_layers_loads_only_them_and_what_keras_loads():
     third_party = {m for m in layers - keras if not m.startswith("normbench")}
     assert third_party <= set(sys.stdlib_module_names) | {"h5py"}, sorted(third_party - set(
         sys.stdlib_module_names))
+
+
+# Modules (and layer files) whose tests live in another file, and where: any other module gets a
+# tests/test_<module>.py.
+TESTED_ELSEWHERE = {
+    "errors": "every test_* that checks an error line", "tf_runtime": "test_train, test_cli",
+    "identity": "test_spec (pinned run ids)", "study": "test_guards", "findings": "test_guards",
+    "layers/base": "test_group_normalization", "layers/group_norm_kernel": "test_group_normalization",
+    "layers/legacy": "test_saved_layers, test_legacy_models",
+    "layers/filter_response_normalization": "test_family", "layers/rms_normalization": "test_family",
+    "layers/ws_conv2d": "test_family",
+}
+
+
+def test_every_module_has_its_test_file():
+    tests = ROOT / "tests"
+    missing = []
+    for path in sorted(PACKAGE.glob("*.py")) + sorted((PACKAGE / "layers").glob("*.py")):
+        if path.stem.startswith("__"):
+            continue
+        key = path.stem if path.parent == PACKAGE else f"layers/{path.stem}"
+        if not (tests / f"test_{path.stem}.py").exists() and key not in TESTED_ELSEWHERE:
+            missing.append(key)
+    assert not missing, f"modules without tests/test_<module>.py: {missing}"
+
+
+def _test_functions(path: Path):
+    tree = ast.parse(path.read_text())
+    slow_module = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark"
+                                                        for t in n.targets)
+                      and "slow" in ast.unparse(n.value) for n in tree.body)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
+            yield node.name, slow_module or any("mark.slow" in ast.unparse(d)
+                                                for d in node.decorator_list)
+
+
+def test_every_test_file_keeps_quick_tests():
+    """`pytest -m "not slow"` (the inner loop) runs a part of every file, end-to-end ones too."""
+    files = sorted((ROOT / "tests").rglob("test_*.py"))
+    assert any(p.parent.name == "e2e" for p in files)
+    only_slow = [p.name for p in files if all(slow for _, slow in _test_functions(p))]
+    assert not only_slow, f"files whose every test is marked slow: {only_slow}"
+
+
+def test_markers_are_strict_and_every_test_has_a_time_limit():
+    import tomllib
+
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--strict-markers" in options["addopts"]
+    assert any(m.startswith("slow:") for m in options["markers"])
+    assert 0 < int(options["timeout"]) <= 1800

@@ -34,6 +34,7 @@ def test_sgemm_peak_is_a_plausible_rate():
     assert 0.1 < bench_train.sgemm_peak(n=256, repeats=2) < 1e5
 
 
+@pytest.mark.slow
 def test_tutorial_recipe_with_each_stand_in_for_tfa(tmp_path):
     spec = grid.load(CONFIGS / "groupnorm.yaml", ["train.epochs=2"])
     ds = data.load("mnist-10k", smoke=True)
@@ -42,6 +43,7 @@ def test_tutorial_recipe_with_each_stand_in_for_tfa(tmp_path):
         assert found["samples_per_s"] > 0 and 0.5 < found["test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_bench_layers_times_every_implementation_and_the_floor():
     rows = bench_layers.bench_layers(repeats=3, shapes=[((2, 6, 6, 8), 2)], log=lambda line: None)
     assert [(r["norm"], r["mode"]) for r in rows] == [("group", "graph"), ("group", "xla"),
@@ -52,6 +54,7 @@ def test_bench_layers_times_every_implementation_and_the_floor():
     assert rows[2]["groups"] == 8  # instance: one group per channel
 
 
+@pytest.mark.slow
 def test_bench_cli_command_writes_json_and_never_imports_tensorflow(tmp_path):
     out = tmp_path / "cli.json"
     result = runner.invoke(app, ["bench", "cli", "--records", "30", "--repeats", "1",
@@ -81,11 +84,13 @@ def test_scale_records_are_the_sweeps_own_finished_runs(tmp_path):
     assert bench_cli.parse_sizes("none") == () and bench_cli.parse_sizes("1,10") == (1, 10)
 
 
+@pytest.mark.slow
 def test_imports_tensorflow_tells_the_two_apart():
     assert bench_cli.imports_tensorflow(["-c", "import tensorflow"]) is True
     assert bench_cli.imports_tensorflow(["-m", "normbench", "norms"]) is False
 
 
+@pytest.mark.slow
 def test_bench_memory_reports_a_child_runs_peak(tmp_path):
     row = memory.bench_memory(dataset="mnist-10k", epochs=1, log=lambda line: None)
     assert 100 < row["peak_rss_mib"] < 8192
@@ -97,6 +102,7 @@ def test_bench_train_refuses_a_single_epoch():
     assert result.exit_code == 2 and "--epochs" in said and "2" in said
 
 
+@pytest.mark.slow
 def test_bench_floor_times_every_kernel_of_the_step(tmp_path):
     out = tmp_path / "floor.json"
     result = runner.invoke(app, ["bench", "floor", "--batch-size", "4", "--repeats", "1",
@@ -124,6 +130,7 @@ def test_bench_floor_times_every_kernel_of_the_step(tmp_path):
         assert row["torch_kernels_ms"] == pytest.approx(sum(r["ms"] for r in row["torch_rows"]))
 
 
+@pytest.mark.slow
 def test_bench_startup_measures_fresh_processes(tmp_path):
     found = startup.bench_startup(repeats=1, log=lambda line: None)
     assert 0 < found["smoke_s"] < 300 and found["runs"]["smoke_s"] == [found["smoke_s"]]

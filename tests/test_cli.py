@@ -85,6 +85,7 @@ def smoke_results(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_file(smoke_results):
     out, result = smoke_results
     runs = sorted(p for p in (out / "runs").iterdir() if not p.name.startswith("."))  # .claims
@@ -105,6 +106,7 @@ def test_smoke_run_writes_every_file(smoke_results):
     assert "This invocation" in result.stdout
 
 
+@pytest.mark.slow
 def test_seeded_runs_repeat(smoke_results, tmp_path):
     out, _ = smoke_results
     first = json.loads(next((out / "runs").glob("groupnorm-*/metrics.json")).read_text())
@@ -116,6 +118,7 @@ def test_seeded_runs_repeat(smoke_results, tmp_path):
     assert second["test_accuracy"] == pytest.approx(first["test_accuracy"], abs=0.005)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["table", "md", "csv", "json"])
 def test_compare_reads_the_runs(smoke_results, fmt):
     out, _ = smoke_results
@@ -130,6 +133,7 @@ def test_compare_reads_the_runs(smoke_results, fmt):
     assert sorted(p.name for p in out.rglob("*")) == before  # compare only reads
 
 
+@pytest.mark.slow
 def test_compare_reports_damaged_runs_and_shows_the_rest(smoke_results, tmp_path):
     out, _ = smoke_results
     import shutil

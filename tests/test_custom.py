@@ -36,6 +36,7 @@ def npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_a_custom_factory_trains_on_a_users_npz(npz, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: mine\ndataset: 'npz:{npz}'\nmodel: {{arch: custom, factory: "
@@ -75,6 +76,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_a_broken_factory_is_one_error_line(tmp_path, case):
     (tmp_path / "userfactory.py").write_text(BROKEN[case])
@@ -98,6 +100,7 @@ def test_bad_factories_and_files_fail_validation(tmp_path):
         assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change,fragment", [
     (lambda a: a.pop("y_test"), "missing array(s) y_test"),
     (lambda a: a.update(y_train=a["y_train"].astype(np.float32)), "integer class ids"),
@@ -143,6 +146,7 @@ def build(norm, shape, classes):
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swap", ["npz", "source"])
 def test_a_file_replaced_while_a_run_trains_fails_the_run_and_saves_nothing(npz, tmp_path, swap):
     """The run id is the plan's, hashed once: a data file or factory module changed under a

@@ -77,6 +77,7 @@ def _cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_gates_through_the_cli_with_two_of_four_seeds_diverged(tmp_path, make_record):
     spec = {"name": "g", "dataset": "mnist-10k", "train": {"seed": 0}}
     for seed in range(4):

@@ -258,6 +258,7 @@ def cli(*args, timeout=300):
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("yaml", [
     "name: norms\ndataset: mnist-10k\nseeds: 2\nsweep:\n  model.norm.type: [batch, group, layer]\n",
     "name: one\ndataset: mnist-10k\n",  # a single cell, one seed
@@ -272,6 +273,7 @@ def test_any_study_shape_reports(tmp_path, yaml):
     assert (tmp_path / "out" / "report.html").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_report_of_smoke_runs_says_so(tmp_path):
     pytest.importorskip("matplotlib")
     _study(tmp_path, GHOST, lambda spec, rng: {"error": 0.1, "loss": 0.3}, smoke=True)

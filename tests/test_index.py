@@ -99,6 +99,7 @@ def test_a_same_size_edit_in_the_same_second_as_the_index_is_caught(results, mon
     assert done[metrics.parent.name] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "checksum", "entry", "fifo", "link"])
 def test_a_damaged_index_is_ignored_and_rewritten(results, damage, tmp_path):
     results_dir, spec_file = results
@@ -137,6 +138,7 @@ def test_a_damaged_index_is_ignored_and_rewritten(results, damage, tmp_path):
     assert again.problem is None and len(again.entries) == 100
 
 
+@pytest.mark.slow
 def test_only_a_saving_process_writes_the_index(results):
     """run --dry-run and compare never write it; run writes it; a rerun after an edit plans the
     edited run again, through the real CLI."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -15,6 +17,7 @@ def cli(*args):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_tags_filter_and_rm_deletes_only_what_matches(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: s\ndataset: mnist-10k\ntags: [pilot, gn]\nsweep: {train.batch_size: [16, 32]}\n")
@@ -61,6 +64,7 @@ def _fake_results(tmp_path: Path, count: int = 4) -> Path:
     return results
 
 
+@pytest.mark.slow
 def test_rm_refuses_an_empty_filter_value(tmp_path):
     """`--where tags=` (an unset shell variable) deleted every run before."""
     results = _fake_results(tmp_path)

@@ -49,6 +49,7 @@ def test_optimizer_and_plan_follow_the_spec(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_weight_decay_shrinks_the_weights(tmp_path):
     plain = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, learning_rate: 0.05}\n")
     decayed = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, "

@@ -44,6 +44,7 @@ def test_norms_without_a_peer_are_refused():
         peers.build(spec.model, "instance", None, 1e-3)
 
 
+@pytest.mark.slow
 def test_bench_train_measures_the_study_model_against_the_peer(tmp_path):
     from normbench.bench import common, train as bench_train
 
@@ -90,6 +91,7 @@ def test_bench_train_refuses_a_spec_without_a_peer_before_measuring_anything():
     assert not [line for line in said if line.startswith("seed")]  # no run was started
 
 
+@pytest.mark.slow
 def test_bench_floor_keeps_normbenchs_side_where_the_peer_has_no_such_norm():
     from normbench.bench import floor
 

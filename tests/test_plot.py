@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from normbench import plot  # noqa: E402
+from normbench.errors import NormbenchError
 
 # error % by (norm, batch) over 3 seeds; GN at batch 2 has a wide spread, so its band would dip
 # below 0% unless clipped
@@ -106,6 +107,7 @@ def test_a_field_tied_to_the_batch_does_not_split_the_line():
     assert len(fig.axes[0].lines) == 1 and _legend(fig.axes[0]) == ["BN"]
 
 
+@pytest.mark.slow
 def test_svg_and_png(make_record, tmp_path):
     written = plot.plot_all(_records(make_record), tmp_path, "svg")
     assert sorted(p.name for p in written) == ["bs-batch_size.svg", "bs-learning.svg"]
@@ -115,3 +117,15 @@ def test_svg_and_png(make_record, tmp_path):
 
     height, width = imread(png[0]).shape[:2]
     assert (width, height) == (920, 840)  # 2x: a 4.6 x 4.2-inch panel at 200 dpi, not 100
+
+
+def test_plot_never_builds_a_path_from_an_unchecked_name(tmp_path, make_record):
+    from normbench import plot
+
+    with pytest.raises(NormbenchError, match="refusing to plot run name"):
+        plot.figure_path(tmp_path, "../../x", "learning")
+    sneaky = make_record().model_copy(update={"name": "../x"})  # as if validation were skipped
+    with pytest.raises(NormbenchError, match="refusing"):
+        plot.plot_all([sneaky], tmp_path / "plots")
+    assert not (tmp_path / "x-learning.png").exists()
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_readme_numbers_come_from_the_committed_files():
     done = subprocess.run([sys.executable, "scripts/render_readme.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
 
 
+@pytest.mark.slow
 def test_the_check_fails_when_a_number_is_edited_by_hand(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

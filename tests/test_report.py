@@ -32,6 +32,7 @@ def smoke_results(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", SMOKE, ids=[p.stem for p in SMOKE])
 def test_report_of_a_smoke_study(smoke_results, config, tmp_path):
     out = tmp_path / "report"
@@ -83,6 +84,7 @@ def test_report_refuses_an_empty_results_directory(tmp_path):
     assert done.returncode == 2 and "no finished runs" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("axis, values", [("train.optimizer", "[adam, sgd]"),
                                           ("train.learning_rate", "[0.001, 1000.0]")])
 def test_every_run_counts_in_the_cell_of_its_own_configuration(tmp_path, axis, values):
@@ -108,6 +110,7 @@ def test_every_run_counts_in_the_cell_of_its_own_configuration(tmp_path, axis, v
         assert f"{name}={value}" in table, table
 
 
+@pytest.mark.slow
 def test_report_finds_runs_made_with_overrides(tmp_path):
     """Runs made with -s (as the README's examples are) are found when report gets the same -s,
     and without it the error says to give them (issue 27, item 6: before, no -s at all)."""

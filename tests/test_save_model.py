@@ -18,6 +18,7 @@ def cli(*args):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_saved_models_predict_what_the_runs_evaluated(tmp_path, jobs):
     from normbench import data, evaluate as evaluation, layers

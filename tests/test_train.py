@@ -32,6 +32,7 @@ def _model(spec):
     return build_model(spec.model, made.norm, made.conv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", train.COMPILE_MODES)
 def test_loop_trains_exactly_like_model_fit(tmp_path, mode):
     # Same batches in the same order and no dropout: normbench's in-graph loop must leave the
@@ -67,6 +68,7 @@ def test_loop_trains_exactly_like_model_fit(tmp_path, mode):
     assert correct / 960 == pytest.approx(fitted["accuracy"][-1], abs=1.5 / 960)
 
 
+@pytest.mark.slow
 def test_run_records_how_it_compiled_and_its_timing_basis(tmp_path):
     spec = _spec(tmp_path, "train.epochs=2", "train.steps_per_execution=5")
     record = train.run_one(specs.for_smoke(spec).model_copy(update={"train": spec.train}),
@@ -78,6 +80,7 @@ def test_run_records_how_it_compiled_and_its_timing_basis(tmp_path):
     assert record.status == "finished" and record.spec["train"]["steps_per_execution"] == 5
 
 
+@pytest.mark.slow
 def test_one_epoch_timing_leaves_out_the_compiling_call(tmp_path):
     spec = specs.for_smoke(_spec(tmp_path, "train.steps_per_execution=10"))
     record = train.run_one(spec, smoke=True, quiet=True)
@@ -103,6 +106,7 @@ def _with_host_layer(monkeypatch):
     monkeypatch.setattr(train, "build_model", build)
 
 
+@pytest.mark.slow
 def test_a_host_op_outside_the_xla_kernels_trains_in_kernels_mode(tmp_path, monkeypatch):
     _with_host_layer(monkeypatch)
     spec = specs.for_smoke(_spec(tmp_path, "train.jit_compile=auto"))
@@ -113,6 +117,7 @@ def test_a_host_op_outside_the_xla_kernels_trains_in_kernels_mode(tmp_path, monk
     assert record.compiled == "kernels" and record.status == "finished"
 
 
+@pytest.mark.slow
 def test_whole_step_xla_failure_falls_back_under_auto_and_fails_under_true(tmp_path, monkeypatch):
     _with_host_layer(monkeypatch)
     spec = specs.for_smoke(_spec(tmp_path))
@@ -156,6 +161,7 @@ def _yaml_spec(tmp_path, text):
 
 
 
+@pytest.mark.slow
 def test_a_ghost_run_drops_the_last_smaller_batch_and_records_three_evaluations(tmp_path):
     spec = _yaml_spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 8, momentum: 0.9, "
                            "precise_samples: 256, eval_stats: precise}}\n"
@@ -193,6 +199,7 @@ def test_a_seed_gives_the_same_initial_weights_for_every_norm_and_batch(tmp_path
 
 
 
+@pytest.mark.slow
 def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
     spec = _yaml_spec(tmp_path, "model: {norm: {type: batch_renorm, virtual_batch_size: 8, "
                            "momentum: 0.9, precise_samples: 128}}\ntrain: {batch_size: 32}\n")
@@ -201,9 +208,31 @@ def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
     assert record.dropped_per_epoch == 1000 % 32
 
 
+@pytest.mark.slow
 def test_the_history_records_the_learning_rate_of_each_epoch(tmp_path):
     spec = _yaml_spec(tmp_path, "train: {optimizer: sgd, learning_rate: 0.1, schedule: step, "
                            "milestones: [0.5], epochs: 2, batch_size: 100}\n")
     record = train.run_one(spec, smoke=True, quiet=True)
     # 10 steps an epoch (1,000 smoke images): epoch 1 ends before the milestone (step 10)
     assert [round(e.learning_rate, 6) for e in record.history] == [0.1, 0.01]
+
+
+SPEC = "name: rel\ndataset: mnist-10k\n"
+
+
+def _file(tmp_path, text: str):
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_short_batchnorm_runs_warn(tmp_path):
+    import tensorflow  # noqa: F401 - a hard dependency
+    from normbench import train
+
+    spec = grid.load_runs(_file(tmp_path, SPEC + "model: {norm: {type: batch}}\n"))[0]
+    assert "needs ~500 steps" in train._bn_warning(spec, 125)
+    assert train._bn_warning(spec, 600) is None
+    gn = grid.load_runs(_file(tmp_path, SPEC))[0]
+    assert train._bn_warning(gn, 10) is None
+

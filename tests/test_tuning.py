@@ -196,6 +196,7 @@ def tuned(tmp_path_factory):
     return spec_file, results, tmp / "report"
 
 
+@pytest.mark.slow
 def test_the_stage_end_to_end(tuned):
     spec_file, results, report = tuned
     chosen = json.loads((results / "tuning" / "tuned-smoke" / "chosen.json").read_text())
@@ -220,6 +221,7 @@ def test_the_stage_end_to_end(tuned):
     assert "0 to run, 6 finished" in dry.stdout
 
 
+@pytest.mark.slow
 def test_a_tampered_tuning_record_or_a_changed_grid_is_refused(tuned, tmp_path):
     import shutil
 
@@ -238,6 +240,7 @@ def test_a_tampered_tuning_record_or_a_changed_grid_is_refused(tuned, tmp_path):
     assert done.returncode == 2 and "changed since the choice was frozen" in done.stderr
 
 
+@pytest.mark.slow
 def test_shuffled_test_labels_do_not_change_the_choice(tmp_path):
     """The same tuning on data whose test labels are shuffled chooses the same rates with the
     same held-out errors: the test set is never read to choose."""

@@ -25,6 +25,7 @@ def test_matrix_covers_the_required_cases():
     assert any(c.instance for c in cases)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", verify.CASES, ids=[c.name for c in verify.CASES])
 def test_native_matches_float64_reference(case):
     result = verify.against_reference(case)
@@ -34,6 +35,7 @@ def test_native_matches_float64_reference(case):
 GRAPH_CASES = [c for c in verify.CASES if not c.dynamic_batch]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GRAPH_CASES, ids=[c.name for c in GRAPH_CASES])
 def test_native_xla_kernel_matches_float64_reference(case):
     # inside a tf.function the layer runs its XLA-compiled kernels (what training uses)
@@ -48,6 +50,7 @@ def test_native_matches_real_tfa(case):
     assert result.ok, result
 
 
+@pytest.mark.slow
 def test_whole_verify_run_passes_and_includes_tfa_where_it_runs():
     found = verify.run_all()
     assert all(r.ok for r in found), [r for r in found if not r.ok]
@@ -71,6 +74,7 @@ def test_a_wrong_layer_fails_verification(monkeypatch):
     assert not verify.against_reference(case).ok
 
 
+@pytest.mark.slow
 def test_cli_verify_quick():
     result = CliRunner().invoke(app, ["verify", "--quick", "--format", "json"])
     assert result.exit_code == 0, result.output

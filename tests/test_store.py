@@ -1,18 +1,16 @@
-"""Run records on disk, skipped entries, grouping statistics and the rendered tables."""
+"""store: run records on disk, atomic saves, claims, and the entries a reader skips (with why)."""
 
 from __future__ import annotations
 
 import csv
+import os
 import io
-import json
-import re
 import shutil
-import statistics
 from pathlib import Path
 
 import pytest
 
-from normbench import columns, store, tables
+from normbench import store, tables
 from normbench.errors import NormbenchError
 
 README = Path(__file__).parents[1] / "results" / "README.md"
@@ -134,48 +132,36 @@ def test_a_killed_writer_leaves_no_run_and_its_leftovers_are_cleaned(tmp_path, m
     lock.release()
 
 
-def test_group_statistics_by_hand(make_record):
-    recs = [make_record(run_id=f"gn-00000000000{i}", seed=i, test_accuracy=a, steady_samples_per_s=s)
-            for i, (a, s) in enumerate([(0.90, 1000.0), (0.92, 2000.0), (0.97, 3000.0)])]
-    other = make_record(run_id="bn-0000000000aa", name="bn", config_hash="d" * 64, norm_type="batch", test_accuracy=0.95)
-    smoke = make_record(run_id="gn-0000000000bb", smoke=True, test_accuracy=0.5)
-    rows = tables.group_rows(recs + [other, smoke])
-    gn = next(r for r in rows if r["name"] == "gn" and not r["smoke"])
-    assert gn["runs"] == 3
-    assert gn["test_acc_mean"] == pytest.approx(0.93)
-    assert gn["test_acc_std"] == pytest.approx(statistics.stdev([0.90, 0.92, 0.97]))
-    assert gn["test_acc_std"] == pytest.approx(0.036055512754639925)
-    assert gn["test_acc_best"] == 0.97 and gn["samples_per_s"] == pytest.approx(2000.0)
-    bn = next(r for r in rows if r["name"] == "bn")
-    assert bn["runs"] == 1 and bn["test_acc_std"] is None
-    assert bn["best"] and not gn["best"]  # best mean accuracy per dataset
-    assert next(r for r in rows if r["smoke"])["best"]  # smoke runs are ranked apart
+def _one_run(tmp_path, make_record) -> Path:
+    store.save(make_record(), "a\n", tmp_path)
+    return tmp_path / "runs" / make_record().run_id
 
 
-def test_render_formats(make_record):
-    rows = tables.group_rows([make_record()])
-    md = columns.render(rows, columns.GROUP_COLUMNS, "md")
-    assert md.splitlines()[0].startswith("| name | dataset |") and "**90.00%**" in md
-    assert "config" in columns.render(rows, columns.GROUP_COLUMNS, "csv").splitlines()[0]
-    assert "diverged" not in md and "diverged" not in columns.render(rows, columns.GROUP_COLUMNS, "csv")
-    parsed = list(csv.DictReader(io.StringIO(columns.render(rows, columns.GROUP_COLUMNS, "csv"))))
-    assert float(parsed[0]["test_acc_mean"]) == 0.9
-    assert json.loads(columns.render(rows, columns.GROUP_COLUMNS, "json"))[0]["runs"] == 1
+def test_files_respect_the_umask(tmp_path, make_record):
+    old = os.umask(0o002)
+    try:
+        path = store.save(make_record(), "a\n", tmp_path)
+        tables.write_summaries(tmp_path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o775
+    assert (path / "metrics.json").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "summary.md").stat().st_mode & 0o777 == 0o664
 
 
-def test_summaries_rebuilt_from_records(tmp_path, make_record):
-    store.save(make_record(run_id="a-00000000000a"), "x\n", tmp_path)
-    store.save(make_record(run_id="b-00000000000b", seed=1, test_accuracy=0.8), "x\n", tmp_path)
-    (tmp_path / "runs" / "junk").mkdir()
-    skipped = tables.write_summaries(tmp_path)
-    assert skipped == [("junk", "no metrics.json")]
-    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert [r["run_id"] for r in rows] == ["a-00000000000a", "b-00000000000b"] and list(rows[0]) == list(columns.RUN_COLUMNS)
-    md = (tmp_path / "summary.md").read_text()
-    assert "2 run(s)" in md and "85.00%" in md and "`junk`: no metrics.json" in md
+def test_links_inside_a_run_directory_are_not_followed(tmp_path, make_record):
+    """summary.csv linked outside gets no row appended; a spec.yaml link makes the run damaged."""
+    outside = tmp_path / "outside.csv"
+    outside.write_text("mine\n")
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "summary.csv").symlink_to(outside)
+    with pytest.raises(NormbenchError, match="symbolic link"):
+        tables.append_summary(results, make_record())
+    assert outside.read_text() == "mine\n"
+    run = _one_run(results, make_record)
+    (run / "spec.yaml").unlink()
+    (run / "spec.yaml").symlink_to(outside)
+    assert store.inspect(run) == (None, "no spec.yaml (a run directory is written whole; a link is "
+                                        "not followed)")
 
-
-def test_every_column_is_documented():
-    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", README.read_text(), re.M))
-    missing = (set(columns.RUN_COLUMNS) | set(columns.GROUP_COLUMNS)) - documented
-    assert not missing, f"results/README.md lacks {sorted(missing)}"

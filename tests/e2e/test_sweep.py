@@ -20,7 +20,7 @@ from normbench.executors import local, ray_engine
 from normbench.cli import app
 from normbench.errors import NormbenchError
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SWEEP = """name: sw
 dataset: mnist-10k
 train: {epochs: 1, batch_size: 64}
@@ -90,6 +90,7 @@ def test_run_ids_are_content_hashes(tmp_path):
     assert rid.startswith("sw-") and len(rid) == len("sw-") + 12
 
 
+@pytest.mark.slow
 def test_dry_run_then_resume_then_force(tmp_path):
     spec_file, out = write(tmp_path), tmp_path / "results"
     dry = invoke("run", spec_file, "--smoke", "--dry-run", "--results", out)
@@ -113,6 +114,7 @@ def test_dry_run_then_resume_then_force(tmp_path):
     assert not list((out / "runs" / ".tmp").iterdir())  # nothing half-written left behind
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
     text = SWEEP.replace("seeds: 2", "seeds: 1") + "  train.learning_rate: [0.05, 1.0e+30]\n"
     text = text.replace("train: {epochs: 1, batch_size: 64}", "train: {epochs: 2, batch_size: 64, optimizer: sgd}")
@@ -124,6 +126,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "diverged)" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch):
     from normbench import train
 
@@ -148,6 +151,7 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "normbench", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_sigint_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     spec_file, out = write(tmp_path, SWEEP.replace("seeds: 2", "seeds: 3")), tmp_path / "r"
     for _ in range(3):  # the interrupt must land mid-sweep: a sweep that ended first is redone
@@ -181,6 +185,7 @@ def test_sigint_mid_sweep_keeps_finished_runs_and_resumes(tmp_path):
     assert len(store.load_records(out)[0]) == 6
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly(tmp_path):
     spec_file, out = write(tmp_path), tmp_path / "r"
     proc = subprocess.Popen(_cli("run", spec_file, "--smoke", "-q", "--results", out),
@@ -193,6 +198,7 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_results_dir_never_run_a_run_twice(tmp_path):
     spec_file, out = write(tmp_path, SWEEP.replace("seeds: 2", "seeds: 3")), tmp_path / "r"
     procs = [subprocess.Popen(_cli("run", spec_file, "--smoke", "-q", "--results", out),
@@ -220,6 +226,7 @@ def csv_rows(path: Path):
     return csv.DictReader(path.open())
 
 
+@pytest.mark.slow
 def test_local_workers(tmp_path):
     out = tmp_path / "r"
     result = invoke("run", write(tmp_path), "--smoke", "-q", "-j", "2", "--results", out)
@@ -228,6 +235,7 @@ def test_local_workers(tmp_path):
     assert len(store.load_records(out)[0]) == 4
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_cluster(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "r"
@@ -266,6 +274,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_workers_die_with_a_killed_driver(tmp_path):
     spec_file, out = write(tmp_path, SWEEP.replace("seeds: 2", "seeds: 4")), tmp_path / "r"
@@ -287,6 +296,7 @@ def test_workers_die_with_a_killed_driver(tmp_path):
     assert len(store.load_records(out)[0]) == finished  # nobody goes on with the sweep
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_two_workers_counts_what_was_not_run(tmp_path):
     spec_file, out = write(tmp_path, SWEEP.replace("seeds: 2", "seeds: 4")), tmp_path / "r"
     proc = subprocess.Popen(_cli("run", spec_file, "--smoke", "-q", "-j", "2", "--results", out),
@@ -315,6 +325,7 @@ def test_worker_count_is_capped_by_runs_and_memory(monkeypatch):
     assert executors.worker_count(4, 100)[0] == 1
 
 
+@pytest.mark.slow
 def test_ray_claims_a_run_only_when_it_is_handed_out(tmp_path, monkeypatch):
     """With one CPU in the cluster, the second run is not claimed while the first trains: a
     second normbench invocation could take it."""

@@ -8,9 +8,10 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "ci" / "github-actions.yml"
 
 
@@ -20,6 +21,7 @@ def _steps() -> dict[str, str]:
     return {s["name"]: s["run"] for s in job["steps"] if "run" in s}, job["env"]
 
 
+@pytest.mark.slow
 def test_the_ci_gate_passes_then_fails_above_the_result(tmp_path):
     steps, env = _steps()
     assert set(steps) == {"Install", "Smoke-run the configs", "Gate"}
@@ -44,6 +46,7 @@ def test_the_ci_gate_passes_then_fails_above_the_result(tmp_path):
     assert len(report.findall(".//testcase/failure")) == 3
 
 
+@pytest.mark.slow
 def test_the_tutorial_notebook_executes(tmp_path):
     """examples/normalizations.ipynb, run by a real Jupyter kernel (smoke-sized, as CI does)."""
     import pytest
@@ -75,3 +78,17 @@ def test_the_tutorial_notebook_executes(tmp_path):
     shown = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "epoch 1/1" in shown and "ipywidgets" not in shown  # rich's progress, rendered by Jupyter
     assert len(list((tmp_path / "results" / "runs").glob("*/metrics.json"))) == 10
+
+
+def test_the_workflow_calls_only_commands_normbench_has():
+    """Every `normbench SUBCOMMAND` in the workflow's steps is a command of the CLI."""
+    import re
+
+    from normbench import cli
+
+    steps, env = _steps()
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in cli.app.registered_commands}
+    names |= {g.name for g in cli.app.registered_groups}
+    used = {m for text in steps.values() for m in re.findall(r"\bnormbench (\w[\w-]*)", text)}
+    assert used and used <= names, used - names
+    assert "NORMBENCH_MIN_ACC" in env

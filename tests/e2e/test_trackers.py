@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = "name: tracked\ndataset: mnist-10k\nseeds: 2\ntrain: {eval_every: 1}\n"
 
 
@@ -26,6 +26,7 @@ def spec(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_mlflow_logs_each_run_once_and_export_is_idempotent(spec, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -56,6 +57,7 @@ def test_mlflow_logs_each_run_once_and_export_is_idempotent(spec, tmp_path):
     assert named.returncode == 0 and len(mlflow.search_runs(experiment_names=["elsewhere"])) == 2
 
 
+@pytest.mark.slow
 def test_mlflow_without_a_uri_uses_a_local_store_it_names(spec, tmp_path):
     pytest.importorskip("mlflow")
     env = {"MLFLOW_TRACKING_URI": ""}
@@ -65,6 +67,7 @@ def test_mlflow_without_a_uri_uses_a_local_store_it_names(spec, tmp_path):
     assert f"mlflow ui --backend-store-uri sqlite:///{(tmp_path / 'r' / 'mlflow.db').resolve()}" in done.stderr
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_and_hparams_read_back(spec, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -92,6 +95,7 @@ def test_tensorboard_scalars_and_hparams_read_back(spec, tmp_path):
     assert again.returncode == 0 and "2 already there" in again.stderr
 
 
+@pytest.mark.slow
 def test_slurm_through_submitits_local_executor_resumes(spec, tmp_path):
     pytest.importorskip("submitit")
     env = {"NORMBENCH_SUBMITIT_CLUSTER": "local"}
@@ -126,6 +130,7 @@ def test_tracking_and_executor_options_never_change_run_ids(spec, tmp_path):
     assert ids(base) and ids(base) == ids(other)
 
 
+@pytest.mark.slow
 def test_an_unreachable_mlflow_server_costs_seconds_and_names_the_runs(spec, tmp_path):
     """Against a closed port two smoke runs took 506 s of MLflow's retries before, in silence.
     Now: one bounded failure, the rest of the invocation skips at once, runs stay saved, and
@@ -146,6 +151,7 @@ def test_an_unreachable_mlflow_server_costs_seconds_and_names_the_runs(spec, tmp
     assert "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_two_concurrent_exports_log_each_run_once(tmp_path):
     """Two `export mlflow` at once on a new store made 17 MLflow runs of 10 records (and a
     duplicate-column error) before; the look-up and the logging now hold a lock."""

@@ -80,6 +80,7 @@ def _write(results: Path, fields: dict) -> None:
     (run / "metrics.json").write_text(json.dumps(base))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(_kinds()))
 def test_every_reader_survives_a_hostile_record(tmp_path, kind):
     results = tmp_path / "r"
@@ -114,3 +115,16 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("kind", sorted(_kinds()))
+def test_the_scan_accounts_for_every_hostile_record(tmp_path, kind):
+    """In process: each entry is a valid record or skipped with its reason; nothing raises."""
+    results = tmp_path / "r"
+    store.save(record(spec=_spec()), "name: gn\n", results)
+    for fields in _kinds()[kind]:
+        _write(results, fields)
+    records, skipped = store.scan(results)
+    names = {p.name for p in (results / "runs").iterdir() if not p.name.startswith(".")}
+    assert set(records) | {name for name, _ in skipped} == names
+    assert all(why for _, why in skipped)

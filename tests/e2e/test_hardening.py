@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = "name: ok\ndataset: mnist-10k\n"
 
 # (id, spec file content or a special kind, extra argv, a fragment the message must contain)
@@ -187,6 +187,7 @@ def _make_spec(tmp_path: Path, content) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content,extra,fragment", [c[1:] for c in SPECS], ids=[c[0] for c in SPECS])
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_malformed_spec_is_one_line_exit_2_and_writes_nothing(tmp_path, command, content, extra,
@@ -200,6 +201,7 @@ def test_malformed_spec_is_one_line_exit_2_and_writes_nothing(tmp_path, command,
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in COMMANDS], ids=[c[0] for c in COMMANDS])
 def test_malformed_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path, argv, fragment):
     spec = tmp_path / "spec.yaml"
@@ -233,6 +235,7 @@ def test_every_spec_field_is_attacked_by_a_malformed_case():
     assert untested == [], f"no malformed case for {untested}"
 
 
+@pytest.mark.slow
 def test_accepted_variants_of_good_input(tmp_path):
     # Classes of input normbench accepts on purpose: a UTF-8 byte-order mark, CRLF line ends,
     # upper-case names of choices, and unicode in comments.
@@ -317,6 +320,7 @@ PROPERTY = settings(max_examples=150, deadline=None,
                                            HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(doc=documents(), sets=st.lists(overrides, max_size=3))
 def test_random_spec_documents_and_overrides(tmp_path, capsys, doc, sets):
@@ -330,6 +334,7 @@ def test_random_spec_documents_and_overrides(tmp_path, capsys, doc, sets):
     _clean(*_main(argv, capsys))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(text=st.text(max_size=300))
 def test_random_text_as_a_spec_file(tmp_path, capsys, text):
@@ -338,6 +343,7 @@ def test_random_text_as_a_spec_file(tmp_path, capsys, text):
     _clean(*_main(["validate", str(path)], capsys))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(raw=st.binary(max_size=300))
 def test_random_bytes_as_a_spec_file(tmp_path, capsys, raw):
@@ -346,6 +352,7 @@ def test_random_bytes_as_a_spec_file(tmp_path, capsys, raw):
     _clean(*_main(["validate", str(path)], capsys))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(sweep=st.lists(st.text(max_size=25), max_size=2), where=st.lists(st.text(max_size=20), max_size=2))
 def test_random_sweep_and_filter_options(tmp_path, capsys, sweep, where):
@@ -396,6 +403,7 @@ def one_finished_run(tmp_path):
     return results_dir
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_keeps_finished_runs_and_the_next_invocation_recovers(tmp_path, one_finished_run):
     results_dir = one_finished_run
     before = _snapshot(results_dir)
@@ -443,6 +451,7 @@ cli.main()
 """
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_a_run_leaves_no_half_run_and_is_recovered(tmp_path, one_finished_run):
     results_dir = one_finished_run
     before = _snapshot(results_dir)
@@ -487,6 +496,7 @@ def test_read_only_results_directory_is_an_error_before_training(tmp_path, read_
     assert list(read_only_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text, message", [
     # three axes of 1,000 values: 10^9 points, counted before anything is expanded (this took
     # 21 s and 3.9 GB to end in a MemoryError)
@@ -517,6 +527,7 @@ def _fake_results(tmp_path: Path) -> tuple[Path, Path]:
     return results, fake_records(results, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["report --out", "export tensorboard --logdir", "mlflow.db",
                                   "yaml key", "-s key", "--sweep key"])
 def test_environment_and_input_errors_are_one_line(tmp_path, case):
@@ -548,6 +559,7 @@ def test_environment_and_input_errors_are_one_line(tmp_path, case):
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_the_smoke_data_is_a_clear_error(tmp_path):
     """Batch 2048 with ghost batches of 2 over --smoke's 1,000 images: ZeroDivisionError before."""
     spec = tmp_path / "big.yaml"

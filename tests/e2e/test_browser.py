@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "configs" / "studies" / "smoke" / "gn_paper_replicas.yaml"
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LOCAL_SCHEMES = {"file", "data", "about", "blob", "chrome", "devtools"}
@@ -96,6 +96,7 @@ def _requests(driver) -> list[str]:
     return urls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [1280, 375])
 def test_report_renders_in_chromium(report, browser, width):
     page, _ = report
@@ -120,6 +121,7 @@ def test_report_renders_in_chromium(report, browser, width):
     assert not leaving, leaving
 
 
+@pytest.mark.slow
 def test_the_headline_table_shows_compares_numbers(report, browser):
     page, rows = report
     _open(browser, page, 1280)
@@ -146,3 +148,13 @@ def test_the_headline_table_shows_compares_numbers(report, browser):
         assert mean == f"{100 * r['test_err_mean']:.2f}", (r, mean)
         assert half == f"{100 * r['test_err_ci95']:.2f}", (r, half)
         assert int(n) == r["runs"]
+
+
+def test_the_page_template_fills_every_placeholder():
+    """What the browser loads is report.py's template with nothing left unfilled (quick)."""
+    from normbench import report
+
+    page = report.page_template().substitute(title="t", context="c", metric="m", nav="<nav>",
+                                             body="<h2 id=summary>s</h2>")
+    assert "$" not in page.split("<style>")[0] and "${" not in page
+    assert page.startswith("<!doctype html>") and "<style>" in page and "</html>" in page

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def test_the_wheel_ships_configs_data_and_the_entry_point(installed):
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_a_smoke_run(installed):
     _, target, _, work = installed
     done = _run(installed, "run", target / "normbench" / "configs" / "groupnorm.yaml", "--smoke",
@@ -63,6 +64,7 @@ def test_installed_wheel_runs_a_smoke_run(installed):
     assert json.loads(metrics.read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_bench_cli(installed):
     _, _, _, work = installed
     done = _run(installed, "bench", "cli", "--records", "5", "--repeats", "1", "--scale", "none", "--json",
