@@ -113,3 +113,30 @@ def test_ctrl_c_while_waiting_cancels_the_engine_and_counts_what_did_not_run(tod
                            todo)
     assert outcome.interrupted and outcome.not_started == 3 and len(cancelled) == 2
     assert all(store.claim(results, p.run_id) is not None for p in todo)
+
+
+def test_a_signal_another_thread_receives_waits_for_the_held_block_to_end():
+    """Ctrl-C sent to the process while a run is being saved: the kernel may hand it to any
+    thread (the pool's manager thread), Python runs the handler on the main thread; the save
+    and its count finish first, and the interrupt comes right after the block."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from normbench.executors.signals import signals_held
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)  # a thread that takes signals
+    helper.start()
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.3)  # a handler run here would interrupt the "save"
+                done.append("saved and counted")
+    finally:
+        stop.set()
+    assert done == ["saved and counted"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -38,14 +38,28 @@ def sigterm_stops():
 
 @contextlib.contextmanager
 def signals_held():
-    """Hold SIGINT and SIGTERM back for the duration (main thread, POSIX); they are delivered
-    when the block ends."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or not _main_thread():
+    """Hold SIGINT and SIGTERM back for the duration (main thread): one arriving meanwhile is
+    noted and raised again when the block ends, so it stops the sweep after the block, never
+    inside it.
+
+    Done with Python-level handlers, not by masking the signals: a signal sent to the process is
+    delivered to any thread that does not block it (the process pool's manager thread, rich's
+    refresh thread), and Python then runs the handler on the main thread in the middle of the
+    block; a mask on the main thread alone let a Ctrl-C land between a run's save and its
+    count."""
+    if not _main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def note(signum, frame):  # noqa: ARG001 - signal's signature
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])  # to this thread: its handler runs now
