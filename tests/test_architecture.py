@@ -178,8 +178,6 @@ TESTED_ELSEWHERE = {
     "identity": "test_spec (pinned run ids)", "study": "test_guards", "findings": "test_guards",
     "layers/base": "test_group_normalization", "layers/group_norm_kernel": "test_group_normalization",
     "layers/legacy": "test_saved_layers, test_legacy_models",
-    "layers/filter_response_normalization": "test_family", "layers/rms_normalization": "test_family",
-    "layers/ws_conv2d": "test_family",
 }
 
 

@@ -87,3 +87,41 @@ def test_instance_and_layer_via_keras_match_native():
         native = norms.make(norm_spec(type=norm_type, impl="native")).norm()
         builtin = norms.make(norm_spec(type=norm_type, impl="keras")).norm()
         np.testing.assert_allclose(np.asarray(native(x)), np.asarray(builtin(x)), rtol=1e-5, atol=1e-5)
+
+
+def _family_spec(norm_type, **norm):
+    return specs.Spec.model_validate({"name": "t", "model": {"norm": {"type": norm_type, **norm}}})
+
+
+def test_layer_channels_normalizes_each_pixel_over_channels():
+    import numpy as np
+
+    from normbench.verify import rel_error
+
+    layer = norms.make(_family_spec("layer_channels").model.norm).norm()
+    x = np.random.default_rng(1).normal(0.5, 2.0, (2, 5, 5, 6)).astype(np.float32)
+    y = np.asarray(layer(x))
+    xd = x.astype(np.float64)
+    want = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-3)
+    assert rel_error(y, want) < 1e-5
+
+
+def test_batch_renorm_is_keras_bn_with_renorm():
+    import keras
+    import numpy as np
+
+    from normbench.verify import rel_error
+
+    layer = norms.make(_family_spec("batch_renorm").model.norm).norm()
+    assert type(layer).__name__ == "BatchNormalization" and layer.get_config()["renorm"] is True
+    x = np.random.default_rng(1).normal(0.5, 2.0, (2, 5, 5, 6)).astype(np.float32)
+    layer.build(x.shape)
+    y = np.asarray(layer(x, training=False))  # inference: moving statistics (0, 1) at start
+    assert rel_error(y, x / np.sqrt(1 + 1e-3)) < 1e-5
+    # Training: (x - mu_B)/sigma_B * r + d with r = sigma_B/sigma, d = (mu_B - mu)/sigma (no
+    # clipping) equals (x - mu)/sigma in value, the point of renorm (only gradients differ). The
+    # moving stddev starts at 1 and the batch epsilon cancels, so the output is x itself.
+    yt = np.asarray(layer(x, training=True))
+    assert rel_error(yt, x) < 1e-5
+    plain = keras.layers.BatchNormalization()
+    assert rel_error(np.asarray(plain(x, training=True)), yt) > 0.1  # plain BN: batch statistics
