@@ -15,6 +15,15 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from normbench.store import RunRecord
 
 
+def spec_from_yaml(tmp_path, text: str):
+    """The one spec of `text` (after a name and mnist-10k), loaded as a spec file is."""
+    from normbench import grid
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndataset: mnist-10k\n" + text)
+    return grid.load(path)
+
+
 def record(**fields) -> RunRecord:
     base = dict(
         run_id="gn-0123456789ab", name="gn", status="finished", spec_hash="s" * 64,

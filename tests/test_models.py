@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conftest import spec_from_yaml
+
 import numpy as np
 import pytest
 
@@ -35,11 +37,6 @@ def test_models_do_not_share_norm_layers():
     assert a.layers[1] is not b.layers[1]
 
 
-def _yaml_spec(tmp_path, text):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndataset: mnist-10k\n" + text)
-    from normbench import grid
-    return grid.load(path)
 
 
 
@@ -47,7 +44,7 @@ def test_vgg_puts_the_norm_after_every_conv(tmp_path):
     from normbench import norms
     from normbench.models import build_model
 
-    spec = _yaml_spec(tmp_path, "model: {arch: vgg, widths: [8, 8, M, 16, 16, M, 32], "
+    spec = spec_from_yaml(tmp_path, "model: {arch: vgg, widths: [8, 8, M, 16, 16, M, 32], "
                            "norm: {type: batch, virtual_batch_size: 4}}\n")
     made = norms.make(spec.model.norm)
     model = build_model(spec.model, made.norm, made.conv)

@@ -3,13 +3,15 @@ decay."""
 
 from __future__ import annotations
 
+from conftest import spec_from_yaml
+
 import math
 
 import pytest
 
 import keras  # noqa: E402
 
-from normbench import grid, layers, optim, train  # noqa: E402
+from normbench import layers, optim, train  # noqa: E402
 
 KERAS_3 = layers.KERAS_3
 
@@ -27,14 +29,10 @@ def test_schedules_give_the_learning_rate_at_each_step():
     assert [round(float(constant(s)), 6) for s in (0, 1, 3, 40)] == [0.05, 0.1, 0.2, 0.2]
 
 
-def _spec(tmp_path, text):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndataset: mnist-10k\n" + text)
-    return grid.load(path)
 
 
 def test_optimizer_and_plan_follow_the_spec(tmp_path):
-    spec = _spec(tmp_path, "train: {optimizer: sgd, momentum: 0.9, nesterov: true, "
+    spec = spec_from_yaml(tmp_path, "train: {optimizer: sgd, momentum: 0.9, nesterov: true, "
                            "learning_rate: 0.1, batch_size: 64, lr_scaling: linear, "
                            "base_batch_size: 32, schedule: step, steps: 300}\n")
     optimizer = optim.make_optimizer(spec.train, 300, 125)
@@ -43,7 +41,7 @@ def test_optimizer_and_plan_follow_the_spec(tmp_path):
     assert isinstance(optimizer._learning_rate, optim.LearningRate) if KERAS_3 else True
     fit = train.Fit(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), None, spec.train)
     assert fit.plan(8000) == (3, 300, 0)  # 125 steps an epoch: 3 epochs, the last cut short
-    sqrt = _spec(tmp_path, "train: {lr_scaling: sqrt, batch_size: 128}\n")
+    sqrt = spec_from_yaml(tmp_path, "train: {lr_scaling: sqrt, batch_size: 128}\n")
     assert sqrt.train.effective_learning_rate == pytest.approx(0.001 * 2)
     del rate
 
@@ -51,8 +49,8 @@ def test_optimizer_and_plan_follow_the_spec(tmp_path):
 
 @pytest.mark.slow
 def test_weight_decay_shrinks_the_weights(tmp_path):
-    plain = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, learning_rate: 0.05}\n")
-    decayed = _spec(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, "
+    plain = spec_from_yaml(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, learning_rate: 0.05}\n")
+    decayed = spec_from_yaml(tmp_path, "model: {norm: {type: none}}\ntrain: {optimizer: sgd, "
                               "learning_rate: 0.05, weight_decay: 0.05}\n")
     norms_of = []
     for spec in (plain, decayed):

@@ -3,6 +3,8 @@ divergence, honest timing, and thread/core assignment for sweep workers."""
 
 from __future__ import annotations
 
+from conftest import spec_from_yaml
+
 import os
 import subprocess
 import sys
@@ -154,16 +156,12 @@ def test_sweep_workers_get_their_own_cores():
     assert executors.pin_worker(0, 1) == len(cores)  # one worker keeps every core
 
 
-def _yaml_spec(tmp_path, text):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndataset: mnist-10k\n" + text)
-    return grid.load(path)
 
 
 
 @pytest.mark.slow
 def test_a_ghost_run_drops_the_last_smaller_batch_and_records_three_evaluations(tmp_path):
-    spec = _yaml_spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 8, momentum: 0.9, "
+    spec = spec_from_yaml(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 8, momentum: 0.9, "
                            "precise_samples: 256, eval_stats: precise}}\n"
                            "train: {batch_size: 48, eval_every: 1, validation_split: 0.1}\n")
     record = train.run_one(spec, smoke=True, quiet=True)
@@ -178,13 +176,13 @@ def test_a_ghost_run_drops_the_last_smaller_batch_and_records_three_evaluations(
 
 def test_virtual_batch_size_must_divide_the_batch(tmp_path):
     with pytest.raises(NormbenchError, match="virtual_batch_size: 5 does not divide train.batch_size=32"):
-        _yaml_spec(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 5}}\n")
+        spec_from_yaml(tmp_path, "model: {norm: {type: batch, virtual_batch_size: 5}}\n")
 
 
 def test_a_seed_gives_the_same_initial_weights_for_every_norm_and_batch(tmp_path):
     """Paired seeds: conv and dense kernels depend on the seed only, not on the norm or v."""
     def kernels(text, seed=0):
-        spec = _yaml_spec(tmp_path, "model: {arch: vgg, widths: [8, M, 16], norm: " + text + "}\n"
+        spec = spec_from_yaml(tmp_path, "model: {arch: vgg, widths: [8, M, 16], norm: " + text + "}\n"
                                f"train: {{batch_size: 16, seed: {seed}}}\n")
         model, _ = train.initial_model(spec)
         return [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
@@ -201,7 +199,7 @@ def test_a_seed_gives_the_same_initial_weights_for_every_norm_and_batch(tmp_path
 
 @pytest.mark.slow
 def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
-    spec = _yaml_spec(tmp_path, "model: {norm: {type: batch_renorm, virtual_batch_size: 8, "
+    spec = spec_from_yaml(tmp_path, "model: {norm: {type: batch_renorm, virtual_batch_size: 8, "
                            "momentum: 0.9, precise_samples: 128}}\ntrain: {batch_size: 32}\n")
     record = train.run_one(spec, smoke=True, quiet=True)
     assert record.status == "finished" and set(record.bn_eval) == {"moving", "precise", "batch"}
@@ -210,7 +208,7 @@ def test_batch_renorm_takes_virtual_batch_size_and_eval_stats(tmp_path):
 
 @pytest.mark.slow
 def test_the_history_records_the_learning_rate_of_each_epoch(tmp_path):
-    spec = _yaml_spec(tmp_path, "train: {optimizer: sgd, learning_rate: 0.1, schedule: step, "
+    spec = spec_from_yaml(tmp_path, "train: {optimizer: sgd, learning_rate: 0.1, schedule: step, "
                            "milestones: [0.5], epochs: 2, batch_size: 100}\n")
     record = train.run_one(spec, smoke=True, quiet=True)
     # 10 steps an epoch (1,000 smoke images): epoch 1 ends before the milestone (step 10)
