@@ -42,7 +42,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from normbench import stats, store, tables
-from normbench.study import BATCH_DEPENDENT, Cell, Study, binomial_se, final_error
+from normbench.study import (BATCH_DEPENDENT, Cell, Study, binomial_se, final_error, metric_epochs,
+                             metric_last)
 
 LOSS_FACTOR = 10.0
 LOSS_GAP = 0.05
@@ -294,19 +295,28 @@ class Window:
 
     epochs: tuple[int, int]  # the window's first and last evaluated epoch
     changes: list[str]  # what changes inside it
+    what: str = f"the last {WINDOW} evaluations"  # the metric's evaluations, in words
+    how: str = "the median"
 
     def sentence(self) -> str:
-        return (f"Metric window: the last {WINDOW} evaluations (epochs {self.epochs[0]}-"
-                f"{self.epochs[1]}) straddle {', '.join(self.changes)}, so the median mixes "
-                "learning-rate phases; the final evaluation is shown beside it.")
+        return (f"Metric window: {self.what} (epochs {self.epochs[0]}-{self.epochs[1]}) straddle "
+                f"{', '.join(self.changes)}, so {self.how} mixes learning-rate phases; the final "
+                "evaluation is shown beside it.")
+
+
+# A window whose recorded rates stay below this fraction of the run's peak is the schedule's
+# tail (a cosine's last quarter): its changes are not phases of training.
+TAIL = 0.05
 
 
 def _changes(r: store.RunRecord, first: int, last: int) -> list[str]:
     lrs = {e.epoch: e.learning_rate for e in r.history}
     if all(lrs.get(e) is not None for e in range(first, last + 1)):
         values = [lrs[e] for e in range(first, last + 1)]
-        return ([f"recorded learning rates from {max(values):.3g} to {min(values):.3g}"]
-                if max(values) > min(values) * (1 + 1e-6) else [])
+        peak = max(v for v in lrs.values() if v is not None)
+        if max(values) <= min(values) * (1 + 1e-6) or max(values) <= TAIL * peak:
+            return []
+        return [f"recorded learning rates from {max(values):.3g} to {min(values):.3g}"]
     t = tables.flat_spec(r.spec)
     epochs = r.epochs
     marks = []
@@ -319,22 +329,30 @@ def _changes(r: store.RunRecord, first: int, last: int) -> list[str]:
 
 
 def window(study: Study) -> Window | None:
-    """The first record whose metric window (the last 5 evaluations) crosses a change."""
+    """The first record whose metric window (the evaluations the metric reads) crosses a change."""
     for r in study.records:
-        if r.test_error_median5 is None or r.status == "diverged":
+        if r.status == "diverged" or (r.test_error_median5 is None and metric_last(r) is None):
             continue
-        evaluated = [e.epoch for e in r.history if e.test_accuracy is not None][-WINDOW:]
+        evaluated = metric_epochs(r)
         if len(evaluated) < 2:
             continue
         changes = _changes(r, evaluated[0], evaluated[-1])
         if changes:
-            return Window((evaluated[0], evaluated[-1]), changes)
+            fraction = metric_last(r)
+            if fraction is None:
+                return Window((evaluated[0], evaluated[-1]), changes)
+            return Window((evaluated[0], evaluated[-1]), changes,
+                          f"the {len(evaluated)} evaluations in the last {100 * fraction:g}% of "
+                          "the steps", "the mean")
     return None
 
 
 def window_table(study: Study) -> tuple[list[str], list[list[str]]]:
-    """Per cell: the metric (median of the last 5) beside the final evaluation."""
-    head = ["cell", "median of last 5 (%)", "final evaluation (%)", "final - median (pts)"]
+    """Per cell: the metric (median of the last 5, or the study's pre-stated window) beside the
+    final evaluation."""
+    fraction = next((metric_last(r) for r in study.records), None)
+    name = "median of last 5" if fraction is None else f"mean of last {100 * fraction:g}%"
+    head = ["cell", f"{name} (%)", "final evaluation (%)", "final - metric (pts)"]
     rows = []
     for cell in study.cells:
         median = statistics.fmean(cell.errors.values())

@@ -389,6 +389,11 @@ class StudySpec(_Frozen):
     # |difference| in points of test error below which two cells count as equivalent (two
     # one-sided tests at the report's multiplicity-adjusted level); none: no equivalence verdict
     equivalence_margin: float | None = Field(None, gt=0.0, le=100.0)
+    # the study's metric: the mean test error over the evaluations made in the last this
+    # fraction of training steps (e.g. 0.25; the final evaluation is always among them); null:
+    # the GN paper's median of the last 5 evaluations (or the final test error without
+    # periodic evaluations)
+    metric_last: float | None = Field(None, gt=0.0, le=1.0)
 
 
 class TuneSpec(_Frozen):

@@ -8,6 +8,7 @@ cells. No TensorFlow, no matplotlib.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,42 @@ CHANCE_ERROR = 0.9  # 10 classes
 BATCH_DEPENDENT = ("batch", "batch_renorm")
 
 
+def metric_last(r: store.RunRecord) -> float | None:
+    """The fraction of training steps whose evaluations the run's study averages (its saved
+    spec's study.metric_last), or None for the paper's median of the last 5."""
+    value = (r.spec.get("study") or {}).get("metric_last")
+    return float(value) if isinstance(value, (int, float)) and 0 < value <= 1 else None
+
+
+def metric_epochs(r: store.RunRecord) -> list[int]:
+    """The evaluated epochs the study's metric reads: those ending in the last `metric_last` of
+    the run's optimizer steps (epoch e ends at step min(e * steps per epoch, steps)), else the
+    last 5 evaluated."""
+    evaluated = [e.epoch for e in r.history if e.test_accuracy is not None]
+    fraction = metric_last(r)
+    if fraction is None:
+        return evaluated[-5:]
+    per_epoch = math.ceil(r.optimizer_steps / max(1, r.epochs)) if r.optimizer_steps else 1
+    total = r.optimizer_steps or r.epochs
+    inside = [e for e in evaluated
+              if min(e * per_epoch, total) > (1 - fraction) * total * (1 + 1e-12)]
+    return inside or evaluated[-1:]
+
+
 def error_of(r: store.RunRecord) -> float:
-    """The study's metric: median test error of the last 5 evaluations when the run evaluated
-    periodically (the paper's), else the final test error; chance for a diverged run."""
+    """The study's metric: the mean test error of the evaluations in the last `study.metric_last`
+    of the steps when the spec sets it; else the median test error of the last 5 evaluations when
+    the run evaluated periodically (the paper's), else the final test error; chance for a
+    diverged run."""
     if r.status == "diverged":
         return CHANCE_ERROR
+    if metric_last(r) is not None:
+        wanted = set(metric_epochs(r))
+        errors = [1.0 - e.test_accuracy for e in r.history
+                  if e.epoch in wanted and e.test_accuracy is not None]
+        if errors:
+            return statistics.fmean(errors)
+        return 1.0 - r.test_accuracy
     return r.test_error_median5 if r.test_error_median5 is not None else 1.0 - r.test_accuracy
 
 
@@ -250,7 +282,15 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False,
         cell.runs[r.seed] = r
     order = sorted(cells.values(), key=lambda c: (c.facet, c.norm, tables.sort_key(c.x)))
     periodic = any(r.test_error_median5 is not None for r in records)
-    metric = ("test error (%): median of the last 5 per-epoch evaluations (the paper's metric)"
+    fractions = {metric_last(r) for r in records}
+    if len(fractions) > 1:
+        raise NormbenchError("report: the runs' specs name different study.metric_last values "
+                             f"({', '.join(map(str, sorted(fractions, key=str)))}); report them "
+                             "separately")
+    fraction = fractions.pop() if fractions else None
+    metric = (f"test error (%): mean of the evaluations in the last {100 * fraction:g}% of "
+              "training steps (the study's pre-stated metric)" if fraction is not None else
+              "test error (%): median of the last 5 per-epoch evaluations (the paper's metric)"
               if periodic else "test error (%) at the end of training")
     return Study(runs[0].name, x_label, order, missing, runs, metric, list(spec_files), smoke,
                  results_dir)

@@ -328,3 +328,33 @@ def test_a_groups_axis_with_a_bn_baseline_still_tests_the_groups(tmp_path):
 def test_a_grid_of_one_rate_is_refused():
     with pytest.raises(ValueError, match="chooses nothing"):
         specs.Spec.model_validate({"name": "a", "tune": {"learning_rate": [0.1]}})
+
+
+def test_a_pre_stated_metric_window_is_the_mean_of_its_evaluations(tmp_path):
+    """study.metric_last: the metric is the mean test error of the evaluations ending in the last
+    fraction of the steps (8 epochs of 125 steps, last 25%: epochs 7 and 8); a cosine's tail in
+    that window is not a learning-rate phase, a window reaching back into the peak is."""
+    def records(fraction):
+        yaml = GHOST.replace("learning_rate: 0.1}", "learning_rate: 0.1, schedule: cosine, "
+                             "eval_every: 1}") + f"study: {{metric_last: {fraction}}}\n"
+        s = _study(tmp_path / str(fraction), yaml, lambda spec, rng: {
+            "error": 0.08, "loss": 0.2, "still_falling": 0.01})
+        for cell in s.cells:  # record the cosine's rates, as training does
+            for seed, r in cell.runs.items():
+                history = [e.model_copy(update={"learning_rate": 0.05 * (1 + math.cos(
+                    math.pi * e.epoch / EPOCHS))}) for e in r.history]
+                cell.runs[seed] = r.model_copy(update={"history": history})
+        return s
+
+    s = records(0.25)
+    r = s.cells[0].runs[0]
+    assert study.metric_epochs(r) == [7, 8]
+    assert study.error_of(r) == pytest.approx((0.09 + 0.08) / 2)  # epochs 7 and 8
+    assert "mean of the evaluations in the last 25% of training steps" in s.metric
+    assert guards.window(s) is None  # rates below 5% of the peak, falling to 0: the tail
+    wide = records(0.75)
+    assert study.metric_epochs(wide.cells[0].runs[0]) == [3, 4, 5, 6, 7, 8]
+    w = guards.window(wide)
+    assert w is not None and "the 6 evaluations in the last 75% of the steps" in w.sentence()
+    assert "the mean mixes" in w.sentence()
+    assert guards.window_table(s)[0][1] == "mean of last 25% (%)"
