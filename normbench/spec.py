@@ -380,6 +380,9 @@ class SlurmSpec(_Frozen):
     cpus_per_task: int = Field(2, ge=1, le=1024)
     mem_gb: float = Field(8.0, gt=0.0, le=16384.0)
     array_parallelism: int = Field(32, ge=1, le=10_000)  # runs queued or running at once
+    # a job pending only because its nodes are down or drained (or its partition is down) is
+    # cancelled after this many minutes and reported not done; its run stays to do
+    unavailable_min: float = Field(10.0, gt=0.0, le=60.0 * 24 * 30)
 
 
 class StudySpec(_Frozen):

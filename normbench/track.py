@@ -64,7 +64,8 @@ class MLflow:
     in the results directory (`mlflow ui --backend-store-uri ...` opens it). The experiment is
     MLFLOW_EXPERIMENT_NAME, else the spec's name. A run is found by its `normbench.run_id` tag
     and never logged twice: the look-up and the logging hold a lock in the results directory, so
-    two processes exporting the same records (or a sweep and an export) log each run once. After
+    two processes exporting the same records (or a sweep and an export) log each run once; a run
+    whose logging a failure cut short (still RUNNING in the store) is deleted and logged again. After
     a failure (a server down) the invocation logs nothing more: each later run fails at once
     with the first failure's reason, and `normbench export mlflow` logs them later."""
 
@@ -140,7 +141,12 @@ class MLflow:
         from mlflow.entities import Metric, Param, RunTag
 
         experiment = self._experiment(record.name)
-        if self.find(experiment, record.run_id) is not None:
+        found = self.find(experiment, record.run_id)
+        if found is not None and found.info.status == "RUNNING":
+            # an earlier logging that a failure cut short (the server went down after the run
+            # was made): deleted and logged again, whole
+            self.client.delete_run(found.info.run_id)
+        elif found is not None:
             self.skipped += 1
             return False
         tags = {"normbench.run_id": record.run_id, "normbench.impl_used": record.impl_used,

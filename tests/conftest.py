@@ -47,6 +47,25 @@ def make_record():
     return record
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """The engine tests (tests/engines.py) stop every daemon they start; checked here, at the
+    end of the session: one still alive is killed and fails the run."""
+    import sys
+
+    engines = sys.modules.get("engines")
+    if engines is None:
+        return
+    left = [(what, pid) for what, pid in engines.STARTED if engines.alive(pid)]
+    for _, pid in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    if left:
+        print(f"\nengine daemons still alive at the end of the session (killed now): {left}")
+        session.exitstatus = 1
+
+
 def CliRunner():  # noqa: N802 - stands in for the class
     """typer's CliRunner with stdout and stderr apart: click >= 8.2 always separates them; 8.1
     (the floor the legacy stack tests) needs mix_stderr=False."""

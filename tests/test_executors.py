@@ -140,3 +140,64 @@ def test_a_signal_another_thread_receives_waits_for_the_held_block_to_end():
         stop.set()
     assert done == ["saved and counted"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _Job:
+    """What the Slurm engine reads of a submitit job: its id, its result file, scancel."""
+
+    def __init__(self, tmp_path, job_id="7"):
+        self.job_id = job_id
+        self.paths = type("P", (), {"result_pickle": tmp_path / f"{job_id}_result.pkl"})()
+        self.cancelled = False
+
+    def cancel(self, check=True):
+        self.cancelled = True
+
+
+def _slurm_engine(tmp_path, **slurm):
+    from normbench import spec as specs
+    from normbench.executors.slurm_engine import SlurmEngine
+
+    engine = SlurmEngine.__new__(SlurmEngine)  # no cluster: only the judging is under test
+    Engine.__init__(engine, Options(tmp_path, smoke=True))
+    engine.slurm, engine.real, engine.watching = specs.SlurmSpec(**slurm), True, {}
+    engine.jobs_dir = tmp_path / "jobs"
+    return engine
+
+
+def test_slurm_judges_each_job_from_the_queue_without_accounting(tmp_path, monkeypatch):
+    """The verdicts the Slurm engine draws from squeue's (state, reason): a job that can never
+    start stops the sweep (NormbenchError), one pending on unavailable nodes is given up after
+    slurm.unavailable_min, one that ended or left the queue without a result is lost after a
+    grace, a live one is waited for."""
+    from normbench.executors import slurm_engine as se
+
+    clock = [1000.0]
+    monkeypatch.setattr(se.time, "monotonic", lambda: clock[0])
+    engine = _slurm_engine(tmp_path, unavailable_min=1.0)
+    never = _Job(tmp_path, "1")
+    verdict = engine._judge(never, ("PENDING", "PartitionConfig"))
+    assert isinstance(verdict, NormbenchError) and "can never start" in str(verdict) and never.cancelled
+    live = _Job(tmp_path, "2")
+    assert engine._judge(live, ("RUNNING", "None")) is None
+    assert engine._judge(live, ("PENDING", "Priority")) is None and not live.cancelled
+    drained = _Job(tmp_path, "3")
+    reason = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
+    assert engine._judge(drained, ("PENDING", reason)) is None
+    clock[0] += 59
+    assert engine._judge(drained, ("PENDING", reason)) is None and not drained.cancelled
+    clock[0] += 2
+    lost = engine._judge(drained, ("PENDING", reason))
+    assert isinstance(lost, se.JobLost) and "unschedulable: pending 61 s" in str(lost) and drained.cancelled
+    for state, said, grace in ((("CANCELLED", "None"), "ended CANCELLED without a result", se.GRACE_S),
+                               (None, "left the queue", se.GRACE_DONE_S)):
+        job = _Job(tmp_path, "4" if state else "5")
+        assert engine._judge(job, state) is None  # a result may still be on its way
+        clock[0] += grace / 2
+        assert engine._judge(job, state) is None
+        clock[0] += grace
+        verdict = engine._judge(job, state)
+        assert isinstance(verdict, se.JobLost) and said in str(verdict)
+    done = _Job(tmp_path, "6")
+    done.paths.result_pickle.write_bytes(b"")
+    assert engine._judge(done, ("COMPLETED", "None")) is None  # collect reads its result

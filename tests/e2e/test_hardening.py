@@ -127,6 +127,8 @@ SPECS = [
     ("equivalence margin nan", b"name: a\nstudy: {equivalence_margin: .nan}\n", [],
      "study.equivalence_margin"),
     ("slurm array_parallelism 0", b"name: a\nslurm: {array_parallelism: 0}\n", [], "slurm.array_parallelism"),
+    ("slurm unavailable_min 0", b"name: a\nslurm: {unavailable_min: 0}\n", [], "slurm.unavailable_min"),
+    ("metric window above 1", b"name: a\nstudy: {metric_last: 1.5}\n", [], "study.metric_last"),
     ("model factory not a path", b"name: a\nmodel: {arch: custom, factory: 'rm -rf'}\n", [], "model.factory"),
 ]
 if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads any file
