@@ -184,8 +184,11 @@ def tune(g: grid.Grid, results_dir: Path, *, smoke: bool = False, quiet: bool = 
         found = {p.run_id: store.finished(target, p.run_id) for p in plan.planned}
         missing = [rid for rid, r in found.items() if r is None]
         if missing:
-            raise NormbenchError(f"{len(missing)} tuning run(s) did not finish ({missing[0]} ...); "
-                                 "run normbench tune again")
+            o = done.outcome
+            why = dict(o.failed) | {rid: "claimed by another process" for rid in o.busy}
+            said = "; ".join(f"{rid}: {why.get(rid, 'not run')}" for rid in missing[:3])
+            raise NormbenchError(f"{len(missing)} tuning run(s) did not finish ({said}"
+                                 f"{' ...' if len(missing) > 3 else ''}); run normbench tune again")
         table, again = [], False
         for group in groups:
             errors = {}
