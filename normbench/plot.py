@@ -222,8 +222,11 @@ def context(records: Iterable[store.RunRecord]) -> str:
         parts.append(optimizer + (f" lr {lr:g}" if isinstance(lr, (int, float)) else "")
                      + (" (linear in the batch)" if shared("train.lr_scaling") == "linear" else ""))
     steps, epochs = shared("train.steps"), shared("train.epochs")
+    varying = sorted({f["train.steps"] for f in flats if isinstance(f.get("train.steps"), int)})
     if steps:
         parts.append(f"{steps} steps")
+    elif varying:  # runs of fixed steps, not all the same: their epochs say nothing
+        parts.append("/".join(map(str, varying)) + " steps")
     elif epochs:
         parts.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
     return ", ".join(parts)

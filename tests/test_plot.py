@@ -129,3 +129,18 @@ def test_plot_never_builds_a_path_from_an_unchecked_name(tmp_path, make_record):
         plot.plot_all([sneaky], tmp_path / "plots")
     assert not (tmp_path / "x-learning.png").exists()
 
+
+
+def test_the_context_line_names_the_steps_when_runs_differ_in_them(make_record):
+    """Runs of fixed steps (train.steps) that differ in them: the line names the steps, not the
+    unused default of train.epochs ('1 epoch' before)."""
+    from normbench import plot
+
+    def run(steps):
+        return make_record(spec={"name": "c", "dataset": "mnist-10k",
+                                 "model": {"arch": "tutorial", "norm": {"type": "group"}},
+                                 "train": {"optimizer": "sgd", "learning_rate": 0.1, "epochs": 1,
+                                           "steps": steps}})
+    assert "2400/4800 steps" in plot.context([run(2400), run(4800)])
+    assert "2400 steps" in plot.context([run(2400), run(2400)])
+    assert "1 epoch" in plot.context([run(None)])

@@ -151,6 +151,8 @@ class SlurmEngine(Engine):
         if job is not None:
             self.watching[job] = Watch(item.run_id, adopted=True)
             return job
+        from submitit.core.utils import UncompletedJobError  # FailedJobError: sbatch refused
+
         model = model_path(self.options.results_dir, item)
         try:
             # submitit prints sbatch's complaint to stderr before raising it: said once, below
@@ -158,8 +160,8 @@ class SlurmEngine(Engine):
                 job = self.executor.submit(train_task, specs.to_dict(item.spec), self.options.smoke,
                                            None, None if model is None else str(model),
                                            item.spec_hash)
-        except Exception as exc:  # sbatch refused: a missing partition, a limit it enforces
-            if not self.real:
+        except (UncompletedJobError, subprocess.SubprocessError, OSError) as exc:
+            if not self.real:  # sbatch refused: a missing partition, a limit it enforces
                 raise
             raise NormbenchError(f"--executor slurm: sbatch refused the job: {sbatch_error(exc)}"
                                  ) from None
@@ -183,7 +185,12 @@ class SlurmEngine(Engine):
             job = SlurmJob(folder=job_folder(self.options.results_dir), job_id=job_id)
             if job.paths.result_pickle.exists():
                 return job
-            entry = (queue([job_id]) or {}).get(job_id)
+            states = queue([job_id])
+            if states is None:  # never submit twice on a guess
+                raise NormbenchError(f"--executor slurm: squeue does not answer, so whether job "
+                                     f"{job_id} (submitted earlier for {run_id}) still runs is "
+                                     "unknown; run again when the cluster answers")
+            entry = states.get(job_id)
             if entry is not None and entry[0] in ALIVE:
                 return job
         note.unlink(missing_ok=True)

@@ -213,6 +213,23 @@ def test_a_killed_driver_leaves_its_jobs_to_the_rerun_which_adopts_them(slurm, t
     assert folders == queued  # no job submitted again: the two were adopted
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_driver_stopped_by_sigterm_cancels_its_jobs(slurm, tmp_path):
+    path = spec(tmp_path, seeds=2, extra="train: {epochs: 40}\n")
+    args = ["run", path, "--smoke", "-q", *OPTIONS, *WHOLE_NODE, "--results", tmp_path / "r"]
+    proc = start(slurm, *args)
+    running(slurm)
+    engines.wait_for("both jobs queued", lambda: len(slurm.jobs()) == 2, 60)
+    os.kill(proc.pid, signal.SIGTERM)
+    code, err = finish(proc, 60)
+    assert code == 130 and "not run (interrupted)" in err and "Traceback" not in err, err[-2000:]
+    engines.wait_for("its jobs to leave the queue", lambda: not slurm.jobs(), 30)
+    assert not list((tmp_path / "r" / "runs" / ".slurm" / "jobs").iterdir())
+    again = normbench(slurm, *args)
+    assert again.returncode == 0 and "2 run(s) done" in again.stderr, again.stderr[-2000:]
+
+
 # --- quick: the queue's answers, read without a cluster ----------------------------------
 
 def test_queue_states_are_read_from_squeue_output(tmp_path, monkeypatch):
