@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LEGACY_PYTHON ?= python3.11
 LEGACY := .venv-legacy
 
-.PHONY: demo test bench bench-peers studies venv clean legacy-venv legacy-test
+.PHONY: demo test bench bench-peers studies fashion-s0 fashion-c fashion-s1 venv clean legacy-venv legacy-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,20 @@ studies: $(VENV)/.installed
 	  && $(BIN)/normbench report configs/studies/$$s.yaml --results results/examples/studies/$$s \
 	       --out results/examples/studies/$$s || exit 1; \
 	done
+
+# The pre-registered Fashion-MNIST studies (docs/preregistration_fashion.md), stage by stage in
+# the order the pre-registration fixes; each resumes. S0 tunes, C checks convergence (its verdict
+# and S1's seed count in fashion_convergence/convergence.md), S1 the primary study (S2's and the
+# sensitivity cell's configs are written from S0's frozen rates, before S1 runs).
+FASHION := results/examples/studies
+fashion-s0: $(VENV)/.installed
+	$(BIN)/normbench tune configs/studies/fashion_s1.yaml -j 2 --results $(FASHION)/fashion_s1
+fashion-c: $(VENV)/.installed
+	$(BIN)/normbench run configs/studies/fashion_convergence.yaml -j 2 --results $(FASHION)/fashion_convergence
+	$(BIN)/python scripts/convergence_check.py $(FASHION)/fashion_convergence
+fashion-s1: $(VENV)/.installed
+	$(BIN)/normbench run configs/studies/fashion_s1.yaml -j 2 --results $(FASHION)/fashion_s1
+	$(BIN)/normbench report configs/studies/fashion_s1.yaml --results $(FASHION)/fashion_s1 --out $(FASHION)/fashion_s1
 
 # TF 2.15 + tensorflow-addons 0.23, where tfa still works: normbench is tested against it live.
 $(LEGACY)/.installed: requirements-legacy.txt pyproject.toml

@@ -418,7 +418,71 @@ def suites() -> str:
     return "\n".join(rows) + "\n\nOne run each on the 2-core development machine (`scripts/suite_times.py` reads pytest's summary line).\n"
 
 
-BLOCKS = {"paper": paper, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
+def fashion() -> str:
+    """The pre-registered Fashion-MNIST studies, stage by stage as they finish: each stage's wall
+    time against the budget, S0's tuning table, C's convergence verdict and S1's seed count."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import convergence_check as conv
+    from normbench import stats
+
+    def cell(values):
+        m, _, h = stats.mean_ci([100 * v for v in values])
+        return f"{m:.2f}" + (f" ± {h:.2f}" if h is not None else "")
+
+    stages = _load(STUDIES / "fashion_stages.json")
+    lines = ["| stage | what | runs | wall time (sum of invocations) |", "|---|---|---|---|"]
+    spent = 0.0
+    for name in ("S0", "C", "S1", "S2"):
+        st = stages["stages"].get(name)
+        if st is None:
+            lines.append(f"| {name} | not run yet | | |")
+            continue
+        seconds = sum(st["invocations_s"])
+        spent += seconds
+        lines.append(f"| {name} | {st['what']} | {st['runs']} | {seconds / 60:.1f} min "
+                     f"({len(st['invocations_s'])} invocation(s)) |")
+    lines += ["", f"So far {spent / 60:.1f} of the {stages['budget_min']}-minute budget.", ""]
+    chosen = _load(STUDIES / "fashion_s1" / "tuning" / "fashion_s1" / "chosen.json")
+    rates = sorted({float(r) for c in chosen["choices"] for r in c["held_out_error"]})
+    lines += [f"**S0** (`normbench tune`, seed {chosen['seed']}, the held-out 4,800 images; rule: "
+              f"{chosen['rule']}). Held-out error % at the final evaluation:", "",
+              "| group | " + " | ".join(f"{r:g}" for r in rates) + " | chosen |",
+              "|---|" + "---|" * (len(rates) + 1)]
+    for c in chosen["choices"]:
+        errors = {float(r): e for r, e in c["held_out_error"].items()}
+        cells = ["-" if r not in errors else "diverged" if errors[r] is None
+                 else f"{100 * errors[r]:.2f}" for r in rates]
+        where = " (at the grid's edge after extending it)" if c["edge"] else ""
+        lines.append(f"| {c['label']} | " + " | ".join(cells) + f" | {c['learning_rate']:g}{where} |")
+    lines.append("")
+    found = conv.cells(STUDIES / "fashion_convergence")
+    if not found:
+        return "\n".join(lines + ["**C**: not run yet.", ""])
+    lines += ["**C** (convergence check, seeds 100-102): the study metric (mean test error % of "
+              "the evaluations in the last 25% of steps), mean ± 95% CI, at 2,400 and 4,800 steps; "
+              f"a cell gaining {conv.THRESHOLD:g} point or more from the doubling is not converged "
+              "(pre-registered):", "",
+              "| cell | n | 2,400 steps | 4,800 steps | gain, paired | verdict |", "|---|---|---|---|---|---|"]
+    for key in sorted(found, key=lambda k: (k[0], -(k[1] or 0))):
+        short, long_ = found[key].get(2400, {}), found[key].get(4800, {})
+        seeds = sorted(set(short) & set(long_))
+        if not seeds:
+            lines.append(f"| {conv.label(key)} | 0 | | | | missing |")
+            continue
+        gain, _, half = stats.mean_ci([100 * (short[x] - long_[x]) for x in seeds])
+        lines.append(f"| {conv.label(key)} | {len(seeds)} | {cell([short[x] for x in seeds])} | "
+                     f"{cell([long_[x] for x in seeds])} | {gain:+.2f}"
+                     + (f" ± {half:.2f}" if half is not None else "") + " | "
+                     + ("converged" if gain < conv.THRESHOLD else "**not converged**") + " |")
+    verdict = (STUDIES / "fashion_convergence" / "convergence.md")
+    if verdict.exists():
+        for line in verdict.read_text().splitlines():
+            if line.startswith(("**Verdict", "**S1 seeds", "Predicted MDE", "Primary contrast")):
+                lines += ["", line]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {"paper": paper, "fashion": fashion, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
           "peers": peers, "verify": verify,
           "validate_error": validate_error}
 
