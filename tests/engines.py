@@ -36,6 +36,20 @@ class EngineUnavailable(Exception):
     """The engine is not installed here (skip), or it would not start (fail under CI)."""
 
 
+def started(daemons: Daemons, what: str) -> Daemons:
+    """`daemons.up()` for a module's fixture: a test that cannot have the engine skips, except
+    under CI, where .ci/run installs every engine and one that does not start fails."""
+    import pytest
+
+    try:
+        return daemons.up()
+    except (EngineUnavailable, TimeoutError) as exc:
+        daemons.stop()
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} did not start: {exc}")
+        pytest.skip(f"{what} did not start: {exc}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

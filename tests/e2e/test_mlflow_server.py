@@ -21,14 +21,7 @@ SPEC = "name: served\ndataset: mnist-10k\nseeds: {seeds}\ntrain: {{eval_every: 1
 @pytest.fixture(scope="module")
 def server():
     pytest.importorskip("mlflow")
-    s = engines.MlflowServer()
-    try:
-        s.up()
-    except (engines.EngineUnavailable, TimeoutError) as exc:
-        s.stop()
-        if os.environ.get("CI"):
-            pytest.fail(f"mlflow server did not start: {exc}")
-        pytest.skip(f"mlflow server did not start: {exc}")
+    s = engines.started(engines.MlflowServer(), "mlflow server")
     yield s
     s.stop()
 

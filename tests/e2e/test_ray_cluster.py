@@ -6,7 +6,6 @@ under CI they fail if Ray is installed and the cluster does not start."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -23,14 +22,7 @@ SPEC = "name: rayed\ndataset: mnist-10k\nseeds: {seeds}\n"
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("ray")
-    c = engines.RayCluster()
-    try:
-        c.up()
-    except (engines.EngineUnavailable, TimeoutError) as exc:
-        c.stop()
-        if os.environ.get("CI"):
-            pytest.fail(f"the Ray cluster did not start: {exc}")
-        pytest.skip(f"the Ray cluster did not start: {exc}")
+    c = engines.started(engines.RayCluster(), "the Ray cluster")
     yield c
     c.stop()
 
