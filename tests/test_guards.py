@@ -330,6 +330,34 @@ def test_a_grid_of_one_rate_is_refused():
         specs.Spec.model_validate({"name": "a", "tune": {"learning_rate": [0.1]}})
 
 
+def test_a_cosine_still_annealing_is_not_progress_but_a_fall_in_its_tail_is(tmp_path):
+    """16 epochs of a cosine: at epoch 13 (inside the last quarter) the rate is 8.5% of its peak,
+    from epoch 14 under 5%. Error that falls only while the rate anneals (epochs 13 to 14) is
+    the schedule's doing, not a cell that needs more steps; error still falling after it is."""
+    yaml = GHOST.replace("learning_rate: 0.1}", "learning_rate: 0.1, schedule: cosine}")
+    s = _study(tmp_path, yaml, lambda spec, rng: {"error": 0.08, "loss": 0.2})
+    for cell in s.cells:
+        for seed, r in cell.runs.items():
+            history = []
+            for e in range(1, 17):
+                if cell.x == 4:  # still falling in the tail: 0.5 points an epoch to the end
+                    err = 0.08 + 0.005 * (16 - e)
+                else:  # falls 1.5 points from epoch 13 to 14, as the rate anneals, then flat
+                    err = 0.08 + (0.015 if e <= 13 else 0.0)
+                history.append(r.history[0].model_copy(update={
+                    "epoch": e, "test_accuracy": 1 - err,
+                    "learning_rate": 0.05 * (1 + math.cos(math.pi * e / 16))}))
+            cell.runs[seed] = r.model_copy(update={"history": history, "epochs": 16})
+    f = findings.analyse(s)
+    assert [v.cell.x for v in f.excluded] == [4]
+    assert "still falling over the last quarter of training by 1.00 points" in f.excluded[0].verdict()
+    r = s.cells[0].runs[0]
+    assert guards._last_quarter_drop(r, held_out=False) == pytest.approx(0.0)  # epochs 14-16
+    constant = r.model_copy(update={"history": [e.model_copy(update={"learning_rate": 0.1})
+                                                for e in r.history]})
+    assert guards._last_quarter_drop(constant, held_out=False) == pytest.approx(0.015)  # 13-16
+
+
 def test_a_pre_stated_metric_window_is_the_mean_of_its_evaluations(tmp_path):
     """study.metric_last: the metric is the mean test error of the evaluations ending in the last
     fraction of the steps (8 epochs of 125 steps, last 25%: epochs 7 and 8); a cosine's tail in
