@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "results" / "examples" / "studies"
 # stage results directory -> its config; tuning records (S0) are checked in test_tuning's way:
 # their standing runs must equal the study's (tuning.apply refuses otherwise)
-STAGES = {"fashion_convergence": "fashion_convergence.yaml", "fashion_s1": "fashion_s1.yaml",
-          "fashion_s1_sensitivity": "fashion_s1_sensitivity.yaml", "fashion_s2": "fashion_s2.yaml"}
+# (S2 and the S1 sensitivity cell were cut for the budget before S1: see the pre-registration)
+STAGES = {"fashion_convergence": "fashion_convergence.yaml", "fashion_s1": "fashion_s1.yaml"}
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
@@ -66,3 +66,33 @@ def test_every_record_names_a_clean_commit_with_the_final_config(stage):
             checked[commit] = then.stdout == final
         assert checked[commit], (f"{r['run_id']}: trained at {commit[:12]}, where {config} was not "
                                  "yet the final one")
+
+
+PREREG = "docs/preregistration_fashion.md"
+
+
+def _protocol(text: str) -> str:
+    """The pre-registration less its follow-up sections (the only part that may grow after S1)."""
+    return text.split("\n## Follow-up")[0].rstrip()
+
+
+def test_the_protocol_text_is_the_one_every_s1_record_was_trained_under():
+    """Nothing in the pre-registration outside a '## Follow-up' section changed after S1's first
+    run: each S1 record's commit holds the same protocol text as today's."""
+    records = _records("fashion_s1")
+    if not records:
+        pytest.skip("fashion_s1: no record committed yet")
+    if _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+        pytest.skip("a shallow clone has no history to check against")
+    now = _protocol((ROOT / PREREG).read_text())
+    for commit in sorted({r["provenance"]["git_commit"] for r in records}):
+        then = _git("show", f"{commit}:{PREREG}")
+        assert then.returncode == 0, f"commit {commit[:12]} has no {PREREG}"
+        assert _protocol(then.stdout) == now, (f"{PREREG} changed outside a follow-up section "
+                                               f"after S1 trained at {commit[:12]}")
+
+
+def test_protocol_text_ignores_only_follow_up_sections():
+    text = "# P\n\n## S1\nrule\n"
+    assert _protocol(text + "\n## Follow-up: BN v=2 at 0.4\nnew\n") == _protocol(text)
+    assert _protocol(text.replace("rule", "changed rule")) != _protocol(text)
