@@ -16,13 +16,13 @@ thresholds are fixed here, with their reasons, before any report is regenerated:
   detectable effect (`noise_mde`). Held-out error where every run of the cell recorded one, else
   test error (the verdict says which). The first evaluation *inside* the quarter, so a step
   schedule's last drop (often at 75%) does not read as progress. Likewise where the recorded
-  learning rate is still annealing inside the quarter (a cosine over 16 epochs is at 8.5% of its
-  peak at epoch 13): the drop is read from the first evaluation whose rate is down to `TAIL`
-  (5%) of the peak, because the error falls while a schedule anneals whether or not more steps
-  would help (on the Fashion-MNIST stage C records, BN at v = 64 fell 0.40 points over epochs
-  13-16 of 4,800 steps, yet doubling its steps gained -0.16). With fewer than two such
-  evaluations the check says nothing; a doubling of the steps (a study's convergence stage) is
-  the test that remains.
+  learning rate still changes inside the quarter (a cosine annealing: 8.5% of its peak at epoch
+  13 of 16; a step inside the quarter): the drop is read from the first evaluation whose rate is
+  down to `TAIL` (5%) of the peak, because the error falls while a schedule anneals whether or
+  not more steps would help (on the Fashion-MNIST stage C records, BN at v = 64 fell 0.40 points
+  over epochs 13-16 of 4,800 steps, yet doubling its steps gained -0.16). Where fewer than two
+  evaluations reach that tail (a rate that never falls to 5%, sparse evaluations) or a rate is
+  missing, the whole quarter is read, as before: the check errs towards flagging, never off.
 - **Seed spread (per cell)**: the SD over seeds is above `SPREAD_FACTOR` (3x) the median SD of
   the facet's cells and above one run's binomial standard error: runs that end in different
   places did not settle. Only where the facet has at least `SPREAD_CELLS` (5) cells of at least
@@ -143,16 +143,19 @@ def _spike(history: list[store.Epoch]) -> str | None:
 
 
 def _last_quarter_drop(r: store.RunRecord, held_out: bool) -> float | None:
-    """Error of the first evaluation inside the last quarter of training (or, where the recorded
-    learning rate still anneals there, of the first at `TAIL` of the peak or below) minus the
-    final one (positive: still falling); None without two evaluations there."""
+    """Error of the first evaluation inside the last quarter of training minus the final one
+    (positive: still falling); None without two evaluations there. Where the recorded learning
+    rate still changes inside the quarter and two or more of its evaluations are at `TAIL` of
+    the peak or below, the drop is read from the first of those."""
     key = "val_accuracy" if held_out else "test_accuracy"
     inside = [e for e in r.history if getattr(e, key) is not None and e.epoch > 0.75 * r.epochs]
-    rates = [e.learning_rate for e in inside if e.learning_rate is not None]
-    recorded = [e.learning_rate for e in r.history if e.learning_rate is not None]
-    if rates and max(rates) > min(rates) * (1 + 1e-6) and max(rates) > TAIL * max(recorded):
-        inside = [e for e in inside
-                  if e.learning_rate is not None and e.learning_rate <= TAIL * max(recorded)]
+    rates = [e.learning_rate for e in inside]
+    if rates and None not in rates:
+        peak = max(e.learning_rate for e in r.history if e.learning_rate is not None)
+        if max(rates) > min(rates) * (1 + 1e-6) and max(rates) > TAIL * peak:
+            tail = [e for e in inside if e.learning_rate <= TAIL * peak]
+            if len(tail) >= 2:
+                inside = tail
     if len(inside) < 2:
         return None
     return getattr(inside[-1], key) - getattr(inside[0], key)

@@ -437,6 +437,12 @@ def fashion() -> str:
         if st is None:
             lines.append(f"| {name} | not run yet | | |")
             continue
+        if st.get("in_progress"):
+            lines.append(f"| {name} | {st['what']} (in progress) | {st['runs']} | "
+                         f"{sum(st['invocations_s']) / 60:.1f} min so far "
+                         f"({len(st['invocations_s'])} invocation(s)) |")
+            spent += sum(st["invocations_s"])
+            continue
         if st.get("cut"):
             lines.append(f"| {name} | **cut** (budget): {st['what']} | {st['runs']} | "
                          f"not run (estimated {st['estimate_min']:.0f} min) |")
@@ -484,30 +490,69 @@ def fashion() -> str:
 
 
 def _s1_block() -> list[str]:
-    """S1 once its report is written; before that only how many of its runs are done (nothing
-    else is read from an unfinished pre-registered stage)."""
+    """S1's table, guards and comparisons once every run is done and its report written; before
+    that only how many of its runs are done (nothing else is read from an unfinished
+    pre-registered stage)."""
     from normbench import grid, identity, store, tuning
     from normbench.errors import NormbenchError
 
     results = STUDIES / "fashion_s1"
-    if (results / "report.md").exists():
-        return ["**S1**, the primary study:", ""] + _study_block("fashion_s1")
     spec = ROOT / "configs" / "studies" / "fashion_s1.yaml"
     try:
         runs = tuning.apply(grid.load_grid(spec), results).runs
     except NormbenchError as exc:  # no frozen choice for this length yet
-        return [f"**S1**: not started ({str(exc).splitlines()[0][:120]})."]
+        return [f"**S1**: not started ({(str(exc).splitlines() or [''])[0][:120]})."]
     done = sum(store.finished(results, store.run_id(r.name, identity.spec_hash(r), False))
                is not None for r in runs)
-    return [f"**S1**: {done} of {len(runs)} runs done; it resumes with `make fashion-s1`, and "
-            "nothing is read from its records until every run is done."]
+    if done < len(runs):
+        return [f"**S1**: {done} of {len(runs)} runs done; it resumes with `make fashion-s1`, "
+                "and nothing is read from its records until every run is done."]
+    if not (results / "report.md").exists():
+        return [f"**S1**: all {done} runs done; its report is not written yet (`make fashion-s1`)."]
+    return (["**S1**, the primary study:", ""] + _study_block("fashion_s1")
+            + _pre_stated())
+
+
+# S1's pre-stated contrasts (docs/preregistration_fashion.md) and how the report names them
+PRE_STATED = (("(1) primary: BN v=2 vs BN v=64", "batch at 2 vs at 64", ("batch",)),
+              ("(2) GN vs BN v=64", "batch vs group at 64", ("batch", "group")),
+              ("(3) GN vs BN v=2", "batch vs group at 2", ("batch", "group")),
+              ("(4) the trend of BN's error over v", "batch: trend over ", ("batch",)))
+
+
+def _pre_stated() -> list[str]:
+    """S1's four pre-stated contrasts, each as the report states it (or why it is untested),
+    beside what the paper's Table 2 found for the same contrast."""
+    from normbench import findings
+
+    study = _load_study("fashion_s1")
+    found = findings.analyse(study)
+    p = _load(PAPER)["batch_per_gpu"]
+    at = dict(zip(p["N"], zip(p["batch"], p["group"])))
+    (bn32, gn32), (bn2, gn2) = at[32], at[2]
+    slope = (bn32 - bn2) / 4  # 2 -> 32 is four doublings
+    paper = [f"BN {bn2 - bn32:+.1f} points from 32 to 2 images per GPU",
+             f"BN - GN {bn32 - gn32:+.1f} at 32", f"BN - GN {bn2 - gn2:+.1f} at 2",
+             f"BN {slope:+.1f} points per doubling of N, on average (2 to 32)"]
+    lines = ["The pre-stated contrasts (Holm-adjusted within the report's family), beside the "
+             "paper's (ImageNet, ResNet-50, Table 2):", "",
+             "| contrast | S1, as its report states it | the paper |", "|---|---|---|"]
+    for (label, what, norms), theirs in zip(PRE_STATED, paper):
+        flagged = [f"{v.cell.label}: {v.verdict()}" for v in found.convergence.values()
+                   if not v.converged and v.cell.norm in norms]
+        c = next((c for c in found.comparisons if c.what == what
+                  or (what.endswith("over ") and c.what.startswith(what))), None)
+        ours = (findings.sentence(c, found.margin) if c is not None else
+                "untested: a guard flagged a cell it needs (" + "; ".join(flagged) + ")")
+        lines.append(f"| {label} | {ours} | {theirs} |")
+    return lines + [""]
 
 
 def _tuning_table(stage: str, length: str, chosen: dict) -> list[str]:
     """A tuning stage's held-out errors per group and rate, and the rate it froze."""
     rates = sorted({float(r) for c in chosen["choices"] for r in c["held_out_error"]})
-    lines = [f"**{stage}** ({length}; `normbench tune`, seed {chosen['seed']}, the held-out 4,800 "
-             f"images; rule: {chosen['rule']}). Held-out error % at the final evaluation:", "",
+    lines = [f"**{stage}** ({length}; `normbench tune`, seed {chosen['seed']}, on the 4,800 "
+             f"held-out images; rule: {chosen['rule']}). Held-out error % at the final evaluation:", "",
              "| group | " + " | ".join(f"{r:g}" for r in rates) + " | chosen |",
              "|---|" + "---|" * (len(rates) + 1)]
     for c in chosen["choices"]:

@@ -356,6 +356,19 @@ def test_a_cosine_still_annealing_is_not_progress_but_a_fall_in_its_tail_is(tmp_
     constant = r.model_copy(update={"history": [e.model_copy(update={"learning_rate": 0.1})
                                                 for e in r.history]})
     assert guards._last_quarter_drop(constant, held_out=False) == pytest.approx(0.015)  # 13-16
+    # a step inside the quarter (lr / 100 after epoch 14): read from epoch 15, after the step
+    step = r.model_copy(update={"history": [e.model_copy(update={
+        "learning_rate": 0.1 if e.epoch <= 14 else 0.001,
+        "test_accuracy": 1 - (0.09 if e.epoch <= 14 else 0.085 if e.epoch == 15 else 0.08)})
+        for e in r.history]})
+    assert guards._last_quarter_drop(step, held_out=False) == pytest.approx(0.005)
+    # fewer than two evaluations in the tail (every other epoch missing) or a rate missing: the
+    # whole quarter is read, as for any schedule: the check errs towards flagging, never off
+    sparse = r.model_copy(update={"history": [e for e in r.history if e.epoch in (13, 16)]})
+    assert guards._last_quarter_drop(sparse, held_out=False) == pytest.approx(0.015)
+    unrecorded = r.model_copy(update={"history": [
+        e.model_copy(update={"learning_rate": None}) if e.epoch == 15 else e for e in r.history]})
+    assert guards._last_quarter_drop(unrecorded, held_out=False) == pytest.approx(0.015)
 
 
 def test_a_pre_stated_metric_window_is_the_mean_of_its_evaluations(tmp_path):

@@ -72,8 +72,15 @@ PREREG = "docs/preregistration_fashion.md"
 
 
 def _protocol(text: str) -> str:
-    """The pre-registration less its follow-up sections (the only part that may grow after S1)."""
-    return text.split("\n## Follow-up")[0].rstrip()
+    """The pre-registration less its follow-up sections (the only part that may grow after S1):
+    each '## Follow-up...' section up to the next '## ' heading."""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            skipping = line.startswith("## Follow-up")
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept).rstrip()
 
 
 def test_the_protocol_text_is_the_one_every_s1_record_was_trained_under():
@@ -85,7 +92,9 @@ def test_the_protocol_text_is_the_one_every_s1_record_was_trained_under():
     if _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
         pytest.skip("a shallow clone has no history to check against")
     now = _protocol((ROOT / PREREG).read_text())
-    for commit in sorted({r["provenance"]["git_commit"] for r in records}):
+    commits = {(r.get("provenance") or {}).get("git_commit") for r in records}
+    assert None not in commits, "an S1 record names no commit"
+    for commit in sorted(commits):
         then = _git("show", f"{commit}:{PREREG}")
         assert then.returncode == 0, f"commit {commit[:12]} has no {PREREG}"
         assert _protocol(then.stdout) == now, (f"{PREREG} changed outside a follow-up section "
@@ -93,6 +102,9 @@ def test_the_protocol_text_is_the_one_every_s1_record_was_trained_under():
 
 
 def test_protocol_text_ignores_only_follow_up_sections():
-    text = "# P\n\n## S1\nrule\n"
-    assert _protocol(text + "\n## Follow-up: BN v=2 at 0.4\nnew\n") == _protocol(text)
+    text = "# P\n\n## S1\nrule\n\n## Publication\nwhere\n"
+    follow = "## Follow-up: BN v=2 at 0.4\nnew\n\n"
+    assert _protocol(text + "\n" + follow) == _protocol(text)
+    assert _protocol(text.replace("## Publication", follow + "## Publication")) == _protocol(text)
     assert _protocol(text.replace("rule", "changed rule")) != _protocol(text)
+    assert _protocol(text.replace("where", "elsewhere")) != _protocol(text)  # after a follow-up
