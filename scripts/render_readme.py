@@ -493,20 +493,17 @@ def _s1_block() -> list[str]:
     """S1's table, guards and comparisons once every run is done and its report written; before
     that only how many of its runs are done (nothing else is read from an unfinished
     pre-registered stage)."""
-    from normbench import grid, identity, store, tuning
     from normbench.errors import NormbenchError
 
     results = STUDIES / "fashion_s1"
-    spec = ROOT / "configs" / "studies" / "fashion_s1.yaml"
-    try:
-        runs = tuning.apply(grid.load_grid(spec), results).runs
-    except NormbenchError as exc:  # no frozen choice for this length yet
+    try:  # no frozen choice for this length, or no finished run yet: not started
+        found = _load_study("fashion_s1")
+    except NormbenchError as exc:
         return [f"**S1**: not started ({(str(exc).splitlines() or [''])[0][:120]})."]
-    done = sum(store.finished(results, store.run_id(r.name, identity.spec_hash(r), False))
-               is not None for r in runs)
-    if done < len(runs):
-        return [f"**S1**: {done} of {len(runs)} runs done; it resumes with `make fashion-s1`, "
-                "and nothing is read from its records until every run is done."]
+    done = len(found.records)
+    if found.missing:
+        return [f"**S1**: {done} of {done + len(found.missing)} runs done; it resumes with "
+                "`make fashion-s1`, and nothing is read from its records until every run is done."]
     if not (results / "report.md").exists():
         return [f"**S1**: all {done} runs done; its report is not written yet (`make fashion-s1`)."]
     return (["**S1**, the primary study:", ""] + _study_block("fashion_s1")
