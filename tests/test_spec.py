@@ -110,7 +110,7 @@ def test_initializer_names_exist_in_keras_and_fit_1d_weights():
 
 
 def test_tfa_impl_rejected_when_tfa_is_absent(tmp_path):
-    if specs._tfa_installed():
+    if specs.tfa_installed():
         pytest.skip("tensorflow-addons is installed on this stack")
     with pytest.raises(NormbenchError, match="impl 'tfa' needs tensorflow-addons"):
         load_text(tmp_path, "name: a\n", "model.norm.impl=tfa")
