@@ -7,6 +7,9 @@ What is compared (cells a guard rejects as not converged are never compared):
   inside the family of all pairs; and the rest), and the trend (per seed, the least-squares slope
   of error on log2 x; then a t-test over seeds);
 - BatchNorm against GroupNorm at the same x (the same protocol for both);
+- the same cell across the settings of a field that varies inside it (e.g. `train.steps: [4800,
+  9600]`, or a learning rate per cell): each setting against the first, shown but not tested
+  where either cell is not converged;
 - where the axis is confounded (`guards.confounds`: steps, learning rate or the optimizer's batch
   move with x): the along-axis comparisons are shown but not tested, and BN's change is tested
   net of each batch-independent norm's on the same axis (difference in differences), from the
@@ -35,7 +38,7 @@ ALPHA = guards.ALPHA
 @dataclass
 class Comparison:
     what: str  # "batch at 2 vs at 32"
-    kind: str  # axis | best | trend | norms | net
+    kind: str  # axis | best | trend | norms | net | setting
     norm: str
     facet: str
     n: int
@@ -203,6 +206,7 @@ def analyse(study: Study) -> Findings:
         if confound:
             for control in guards.controls(study, facet):
                 found += _net_of(study, facet, control, ok, axis, where, moves)
+    found += _across_settings(study, ok)
     tested = [c for c in found if c.tested and c.p is not None]
     m = len(tested)
     for c, p in zip(tested, stats.holm([c.p for c in tested])):
@@ -214,12 +218,42 @@ def analyse(study: Study) -> Findings:
             scale = c.sd / math.sqrt(c.n)
             c.adj_half = stats.t_ppf(1 - c.alpha / 2, c.n - 1) * scale
             c.mde = guards.mde(c.sd, c.n, c.alpha)
-            if margin is not None and c.kind in ("axis", "best", "pair", "norms"):
+            if margin is not None and c.kind in ("axis", "best", "pair", "norms", "setting"):
                 # the margin is in points of error: not for a slope or a difference in differences
                 one_sided = stats.t_ppf(1 - c.alpha, c.n - 1) * scale
                 c.equivalent = abs(c.diff) + one_sided < margin
     return Findings(found, verdicts, list(confounded.values()), guards.ceiling(study, verdicts),
                     guards.window(study), margin, margin_note, moves, axis)
+
+
+def _setting_label(cell: Cell, other: Cell) -> str:
+    return ", ".join(f"{k}={v}" for (k, v), (_, w) in zip(cell.setting, other.setting) if v != w)
+
+
+def _across_settings(study: Study, ok: set[int]) -> list[Comparison]:
+    """The same cell (norm, x, depth) under each setting of the fields that vary inside it (more
+    steps, another learning rate) against its first setting, paired over seeds. Where either
+    cell is not converged the difference is shown, not tested: a longer run of a cell that had
+    not converged is how one finds out whether it had."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in study.cells:
+        if c.setting:
+            groups.setdefault((c.norm, tables.value_label(c.x), c.depth), []).append(c)
+    found = []
+    for (norm, x, depth), cells in groups.items():
+        cells.sort(key=lambda c: [tables.sort_key(v) for _, v in c.setting])
+        ref = cells[0]
+        at = "" if x == "any" else f" at {x}"
+        where = f" ({depth})" if depth else ""
+        for cell in cells[1:]:
+            c = _paired(f"{norm}{at} with {_setting_label(cell, ref)} vs with "
+                        f"{_setting_label(ref, cell)}{where}", "setting", norm, cell.facet,
+                        cell.errors, ref.errors)
+            flagged = [d.label for d in (cell, ref) if id(d) not in ok]
+            if flagged and c.n:
+                c.tested, c.note = False, f"not tested: {' and '.join(flagged)} not converged"
+            found.append(c)
+    return found
 
 
 def _against_best_norm(study: Study, facet: str, ok: set[int], where: str) -> list[Comparison]:
@@ -355,14 +389,14 @@ def headline(f: Findings, study: Study) -> list[Comparison]:
     the axis is confounded, the trend, the smallest x against the reference and against the best
     cell, the norms against each other at the smallest and the largest x; then any other
     significant comparison. The rest are in the report's table."""
-    order = {"net": 0, "trend": 1, "axis": 2, "best": 3, "norms": 4, "pair": 5}
+    order = {"net": 0, "trend": 1, "axis": 2, "best": 3, "norms": 4, "pair": 5, "setting": 6}
     xs = [c.x for c in study.cells if c.x != "any"]
     ends = set()
     if xs and study.numeric_x:
         ends = {f" at {min(xs)} ", f" at {min(xs)}"}
 
     def leads(c: Comparison) -> bool:
-        if c.kind in ("net", "trend") or c.significant:
+        if c.kind in ("net", "trend", "setting") or c.significant:
             return True
         if c.kind == "pair" or not ends:  # pairs not involving the best: the table has them
             return c.kind != "pair"

@@ -76,6 +76,10 @@ class Cell:
     x: Any
     facet: str
     runs: dict[int, store.RunRecord] = field(default_factory=dict)
+    depth: str = ""  # the facet's model depth, where the study has several
+    # the facet's other part: (field, value) of each field that varies inside a (norm, x, depth)
+    # cell, e.g. (("steps", "9600"),); findings compares the same cell across these settings
+    setting: tuple[tuple[str, str], ...] = ()
 
     @property
     def errors(self) -> dict[int, float]:
@@ -272,10 +276,11 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False,
     for r in records:
         norm, x, depth = layout(r)
         config = _config(r)
-        facet = ", ".join([depth] * bool(depth) + [f"{name.rsplit('.', 1)[-1]}="
-                                                   f"{tables.value_label(config.get(name))}"
-                                                   for name in others])
-        cell = cells.setdefault((norm, x, facet), Cell(norm, x, facet))
+        setting = tuple((name.rsplit(".", 1)[-1], tables.value_label(config.get(name)))
+                        for name in others)
+        facet = ", ".join([depth] * bool(depth) + [f"{k}={v}" for k, v in setting])
+        cell = cells.setdefault((norm, x, facet), Cell(norm, x, facet, depth=depth,
+                                                       setting=setting))
         if r.seed in cell.runs:  # the layout lost a field: never let one run hide another
             raise NormbenchError(f"report: runs {cell.runs[r.seed].run_id} and {r.run_id} fall in "
                                  "one cell; report their specs separately")

@@ -46,14 +46,8 @@ def test_the_preregistration_came_before_every_study_record():
     assert earliest > registered, "a study record predates the pre-registration's commit"
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_every_record_names_a_clean_commit_with_the_final_config(stage):
-    records = _records(stage)
-    if not records:
-        pytest.skip(f"{stage}: no record committed yet")
-    if _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
-        pytest.skip("a shallow clone has no history to check against")
-    config = f"configs/studies/{STAGES[stage]}"
+def _assert_trained_under_final(records: list[dict], config: str) -> None:
+    """Each record names a clean commit at which `config` was already today's text."""
     final = (ROOT / config).read_text()
     checked = {}
     for r in records:
@@ -66,6 +60,46 @@ def test_every_record_names_a_clean_commit_with_the_final_config(stage):
             checked[commit] = then.stdout == final
         assert checked[commit], (f"{r['run_id']}: trained at {commit[:12]}, where {config} was not "
                                  "yet the final one")
+
+
+def _shallow() -> bool:
+    return _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_record_names_a_clean_commit_with_the_final_config(stage):
+    records = _records(stage)
+    if not records:
+        pytest.skip(f"{stage}: no record committed yet")
+    if _shallow():
+        pytest.skip("a shallow clone has no history to check against")
+    _assert_trained_under_final(records, f"configs/studies/{STAGES[stage]}")
+
+
+FOLLOWUP = "fashion_followup"  # after S1, not pre-registered: docs/preregistration_fashion.md
+
+
+def test_the_follow_up_reuses_s1_records_byte_for_byte_and_trained_the_rest_under_its_config():
+    """The follow-up's cells identical to S1's are S1's own records (the same run ids, files
+    equal byte for byte, never trained again); every other follow-up record was trained at a
+    clean commit where the follow-up's config was already final (so after S1's records)."""
+    runs = sorted(p for p in (STUDIES / FOLLOWUP / "runs").glob("*") if p.is_dir())
+    if not runs:
+        pytest.skip(f"{FOLLOWUP}: no record committed yet")
+    reused, new = [], []
+    for run in runs:
+        twin = STUDIES / "fashion_s1" / "runs" / run.name
+        if twin.is_dir():
+            for name in ("metrics.json", "spec.yaml", "history.csv"):
+                assert (run / name).read_bytes() == (twin / name).read_bytes(), f"{run.name}/{name}"
+            reused.append(run.name)
+        else:
+            new.append(json.loads((run / "metrics.json").read_text()))
+    assert len(reused) == 12, reused  # BN v=64, BN v=2 (lr 0.2), GN at 4,800 steps, seeds 0-3
+    assert all(r["optimizer_steps"] == 9600 or r["learning_rate"] == 0.4 for r in new)
+    if _shallow():
+        pytest.skip("a shallow clone has no history to check against")
+    _assert_trained_under_final(new, f"configs/studies/{FOLLOWUP}.yaml")
 
 
 PREREG = "docs/preregistration_fashion.md"
@@ -89,7 +123,7 @@ def test_the_protocol_text_is_the_one_every_s1_record_was_trained_under():
     records = _records("fashion_s1")
     if not records:
         pytest.skip("fashion_s1: no record committed yet")
-    if _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+    if _shallow():
         pytest.skip("a shallow clone has no history to check against")
     now = _protocol((ROOT / PREREG).read_text())
     commits = {(r.get("provenance") or {}).get("git_commit") for r in records}
