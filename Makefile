@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LEGACY_PYTHON ?= python3.11
 LEGACY := .venv-legacy
 
-.PHONY: demo test bench bench-peers studies fashion-s0 fashion-c fashion-s1 venv clean legacy-venv legacy-test
+.PHONY: demo test bench bench-peers studies fashion-s0 fashion-c fashion-s1 fashion-followup venv clean legacy-venv legacy-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,13 @@ fashion-c: $(VENV)/.installed
 fashion-s1: $(VENV)/.installed
 	$(BIN)/normbench run configs/studies/fashion_s1.yaml -j 2 --results $(FASHION)/fashion_s1
 	$(BIN)/normbench report configs/studies/fashion_s1.yaml --results $(FASHION)/fashion_s1 --out $(FASHION)/fashion_s1
+# After S1, not pre-registered (docs/preregistration_fashion.md, "Follow-up: ..."): S1's cells it
+# compares with are S1's own records (copied, the same run ids); its two analyses are reports of
+# the same runs through two specs that train nothing.
+fashion-followup: $(VENV)/.installed
+	$(BIN)/normbench run configs/studies/fashion_followup.yaml -j 2 --results $(FASHION)/fashion_followup
+	$(BIN)/normbench report configs/studies/fashion_followup_steps.yaml --results $(FASHION)/fashion_followup --out $(FASHION)/fashion_followup/steps
+	$(BIN)/normbench report configs/studies/fashion_followup_rate.yaml --results $(FASHION)/fashion_followup --out $(FASHION)/fashion_followup/rate
 
 # TF 2.15 + tensorflow-addons 0.23, where tfa still works: normbench is tested against it live.
 $(LEGACY)/.installed: requirements-legacy.txt pyproject.toml

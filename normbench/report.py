@@ -196,6 +196,12 @@ def _image(path: Path) -> str:
     return f'<img alt="{_h(path.stem)}" src="data:image/{kind};base64,{data}">'
 
 
+# read only where a field varies inside a cell (a study of steps or learning rates)
+SETTINGS = ("Settings: where a field varies inside a cell (more steps, another learning rate), "
+            "each cell is laid out once per setting (a facet) and compared with itself at its "
+            "first setting, paired by seed; where either of the two is not converged the "
+            "difference is shown, not tested.")
+
 READING = [
     "Cells: test error %, mean ± 95% Student-t CI over seeds (n). A diverged run counts at "
     "chance-level error (90%) in the means.",
@@ -332,7 +338,7 @@ class Document:
             ("comparisons", [table(*t["comparisons"])]),
             ("bn", [bn]),
             ("paper", [table(self.p_rows[0], self.p_rows[1:])]),
-            ("reading", [items(READING)]),
+            ("reading", [items(READING + [SETTINGS] * any(c.setting for c in s.cells))]),
             ("how", [code(self.protocol.strip()),
                      items([f"{k}: {v}" for k, v in self.facts.items()])]),
         ]

@@ -171,8 +171,6 @@ def peers() -> str:
         t = _load(BENCH / name)
         env = env or t["env"]
         s, versus, target = t["summary"], t["versus_torch"], t["torch_target"]
-        acc = "; test acc " + ", ".join(
-            f"{100 * s[k]['test_accuracy_mean']:.2f}" for k in ("normbench", "torch eager")) + "%"
         rows.append(f"| {label} | {t['batch_size']} | {s['normbench']['samples_per_s']:,.0f}/s | "
                     f"{s['torch eager']['samples_per_s']:,.0f}/s | {s['torch tuned']['samples_per_s']:,.0f}/s | "
                     f"{versus['eager']:.2f}x | **{versus['tuned']:.2f}x** | >= {target:g}x: "
@@ -305,29 +303,32 @@ def pilot() -> str:
     return head + "\n".join(row for _, row in sorted(rows)) + "\n"
 
 
-def _load_study(name: str):
+def _load_study(name: str, results: str | None = None):
+    """The study `configs/studies/NAME.yaml` over its records in `STUDIES/RESULTS` (default NAME)."""
     from normbench import study
 
-    return study.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], STUDIES / name)
+    return study.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"],
+                            STUDIES / (results or name))
 
 
-def _study_block(name: str) -> list[str]:
+def _study_block(name: str, results: str | None = None, out: str | None = None) -> list[str]:
     """A study's table (cells that did not converge marked), what its guards say, and the
-    comparisons its report leads with: all from normbench's own report code."""
+    comparisons its report leads with: all from normbench's own report code. `results`: its
+    records' directory under STUDIES (default NAME); `out`: its report's (default the same)."""
     from normbench import findings, report
 
-    results = STUDIES / name
-    if not (results / "report.md").exists():
+    where = out or results or name
+    if not (STUDIES / where / "report.md").exists():
         return [f"**`{name}`**: not run yet (`make studies` runs it; the studies resume).", ""]
-    study = _load_study(name)
+    study = _load_study(name, results)
     found = findings.analyse(study)
     facts = report.provenance(study)
     head, rows = report.results_table(study, found.convergence)
     done = len(study.records)
     lines = [f"**`{name}`** ({study.context}; {done} of {done + len(study.missing)} runs; "
              f"{facts['wall time'].split(' (')[0]}; "
-             f"[report](results/examples/studies/{name}/report.md), "
-             f"[html](results/examples/studies/{name}/report.html)). "
+             f"[report](results/examples/studies/{where}/report.md), "
+             f"[html](results/examples/studies/{where}/report.html)). "
              f"Test error %, mean ± 95% CI (n) by {study.x_label}:", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -510,6 +511,37 @@ def _s1_block() -> list[str]:
             + _pre_stated())
 
 
+FOLLOWUP = "fashion_followup"
+# the follow-up's two analyses: (heading, report spec, report directory under FOLLOWUP)
+FOLLOWUP_REPORTS = (("F1, twice the steps", "fashion_followup_steps", "steps"),
+                    ("F2, BN v=2 at its own rate", "fashion_followup_rate", "rate"))
+
+
+def followup() -> str:
+    """The follow-up to S1 (after S1, not pre-registered): its wall time, then each analysis's
+    table, guards and comparisons, as its report states them, once every run is done."""
+    from normbench.errors import NormbenchError
+
+    st = _load(STUDIES / "fashion_stages.json")["stages"].get("follow-up")
+    lines = []
+    if st is not None:
+        lines += [f"Follow-up: {st['what']}; {st['runs']} new runs, "
+                  f"{sum(st['invocations_s']) / 60:.1f} min ({len(st['invocations_s'])} "
+                  "invocation(s)), outside the 150-minute budget of the pre-registered stages.", ""]
+    try:
+        found = _load_study(FOLLOWUP)
+    except NormbenchError as exc:
+        return "\n".join(lines + [f"Not started ({(str(exc).splitlines() or [''])[0][:120]}).", ""])
+    if found.missing:
+        done = len(found.records)
+        return "\n".join(lines + [f"{done} of {done + len(found.missing)} runs done; nothing is "
+                                  "read from them until every run is done.", ""])
+    for heading, spec, out in FOLLOWUP_REPORTS:
+        lines += [f"**{heading}** (`configs/studies/{spec}.yaml`):", ""]
+        lines += _study_block(spec, FOLLOWUP, f"{FOLLOWUP}/{out}")
+    return "\n".join(lines)
+
+
 # S1's pre-stated contrasts (docs/preregistration_fashion.md) and how the report names them
 PRE_STATED = (("(1) primary: BN v=2 vs BN v=64", "batch at 2 vs at 64", ("batch",)),
               ("(2) GN vs BN v=64", "batch vs group at 64", ("batch", "group")),
@@ -561,7 +593,7 @@ def _tuning_table(stage: str, length: str, chosen: dict) -> list[str]:
     return lines + [""]
 
 
-BLOCKS = {"paper": paper, "fashion": fashion, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
+BLOCKS = {"paper": paper, "fashion": fashion, "followup": followup, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
           "peers": peers, "verify": verify,
           "validate_error": validate_error}
 
