@@ -15,6 +15,7 @@ from normbench.cli.app import RESULTS, SETS, SPECS, FigureFormat, Format, app, f
 from normbench.console import say
 from normbench.errors import NormbenchError
 
+
 @app.command()
 @friendly
 def compare(results_dir: Path = RESULTS,

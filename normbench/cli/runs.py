@@ -111,7 +111,6 @@ def run(spec_files: List[Path] = SPECS, sets: List[str] = SETS,
         raise typer.Exit(1)
 
 
-
 @app.command()
 @friendly
 def tune(spec_files: List[Path] = SPECS, sets: List[str] = SETS, results_dir: Path = RESULTS,

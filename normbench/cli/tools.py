@@ -13,6 +13,7 @@ from normbench import bench, console, norms
 from normbench.bench import common as bench_common
 from normbench.cli.app import Format, app, friendly
 
+
 @app.command()
 @friendly
 def verify(quick: bool = typer.Option(False, "--quick", help="Every 7th case and a smaller batch test."),

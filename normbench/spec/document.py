@@ -90,7 +90,6 @@ def validate(doc: Any, where: str) -> Spec:
         raise NormbenchError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
 
 
-
 def to_dict(spec: Spec) -> dict:
     return spec.model_dump(mode="json")
 

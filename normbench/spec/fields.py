@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+
 def choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value in choices:
         return value

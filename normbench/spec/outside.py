@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from normbench.spec.fields import Frozen, positive_finite
 
+
 class SlurmSpec(Frozen):
     """Where `--executor slurm` submits (not part of the run id; --slurm-* options override)."""
 
