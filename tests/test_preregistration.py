@@ -83,7 +83,7 @@ def test_the_follow_up_reuses_s1_records_byte_for_byte_and_trained_the_rest_unde
     """The follow-up's cells identical to S1's are S1's own records (the same run ids, files
     equal byte for byte, never trained again); every other follow-up record was trained at a
     clean commit where the follow-up's config was already final (so after S1's records)."""
-    runs = sorted(p for p in (STUDIES / FOLLOWUP / "runs").glob("*") if p.is_dir())
+    runs = sorted(p for p in (STUDIES / FOLLOWUP / "runs").glob("[!.]*") if p.is_dir())
     if not runs:
         pytest.skip(f"{FOLLOWUP}: no record committed yet")
     reused, new = [], []
