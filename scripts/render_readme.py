@@ -311,10 +311,12 @@ def _load_study(name: str, results: str | None = None):
                             STUDIES / (results or name))
 
 
-def _study_block(name: str, results: str | None = None, out: str | None = None) -> list[str]:
+def _study_block(name: str, results: str | None = None, out: str | None = None,
+                 wall: bool = True) -> list[str]:
     """A study's table (cells that did not converge marked), what its guards say, and the
     comparisons its report leads with: all from normbench's own report code. `results`: its
-    records' directory under STUDIES (default NAME); `out`: its report's (default the same)."""
+    records' directory under STUDIES (default NAME); `out`: its report's (default the same);
+    `wall`: give the span from its first run to its last (not where it reuses older records)."""
     from normbench import findings, report
 
     where = out or results or name
@@ -326,7 +328,7 @@ def _study_block(name: str, results: str | None = None, out: str | None = None) 
     head, rows = report.results_table(study, found.convergence)
     done = len(study.records)
     lines = [f"**`{name}`** ({study.context}; {done} of {done + len(study.missing)} runs; "
-             f"{facts['wall time'].split(' (')[0]}; "
+             + (f"{facts['wall time'].split(' (')[0]}; " if wall else "") +
              f"[report](results/examples/studies/{where}/report.md), "
              f"[html](results/examples/studies/{where}/report.html)). "
              f"Test error %, mean ± 95% CI (n) by {study.x_label}:", "",
@@ -336,6 +338,10 @@ def _study_block(name: str, results: str | None = None, out: str | None = None) 
     lines += [f"- {s}" for s in findings.warnings(found, study)]
     lines += ["", "Its report leads with:", ""]
     lines += [f"- {findings.sentence(c, found.margin)}" for c in findings.headline(found, study)]
+    if not findings.headline(found, study):
+        lines += ["- no comparison could be tested (too few converged cells or seeds); the "
+                  "differences it shows untested:"]
+        lines += [f"  - {findings.sentence(c, found.margin)}" for c in found.comparisons]
     return lines + [""]
 
 
@@ -538,7 +544,7 @@ def followup() -> str:
                                   "read from them until every run is done.", ""])
     for heading, spec, out in FOLLOWUP_REPORTS:
         lines += [f"**{heading}** (`configs/studies/{spec}.yaml`):", ""]
-        lines += _study_block(spec, FOLLOWUP, f"{FOLLOWUP}/{out}")
+        lines += _study_block(spec, FOLLOWUP, f"{FOLLOWUP}/{out}", wall=False)
     return "\n".join(lines)
 
 
@@ -577,6 +583,49 @@ def _pre_stated() -> list[str]:
     return lines + [""]
 
 
+def headline() -> str:
+    """The studies' answer in a few lines, each sentence as the study's report states it: S1's
+    primary contrast and its GN contrasts, then the follow-up's GN against BN at twice the steps."""
+    from normbench import findings
+    from normbench.errors import NormbenchError
+
+    try:
+        s1 = _load_study("fashion_s1")
+    except NormbenchError:
+        return "The Fashion-MNIST studies have not run yet.\n"
+    if s1.missing or not (STUDIES / "fashion_s1" / "report.md").exists():
+        return "S1 has not finished: no answer is read from it yet.\n"
+    found = findings.analyse(s1)
+    by = {c.what: c for c in found.comparisons}
+    p = _load(PAPER)["batch_per_gpu"]
+    at = dict(zip(p["N"], zip(p["batch"], p["group"])))
+    (bn32, gn32), (bn2, gn2) = at[32], at[2]
+    lines = [f"- **S1** (pre-registered; {s1.context}; n = {len(s1.cells[0].runs)} seeds per cell), "
+             f"BatchNorm at 2 images per BN group against 64: "
+             f"{findings.sentence(by['batch at 2 vs at 64'], found.margin)} "
+             f"The paper: BN {bn2 - bn32:+.1f} points from 32 to 2 images per GPU."]
+    flagged = [f"{v.cell.label}: {v.verdict()}" for v in found.excluded if v.cell.norm == "group"]
+    gn = [c for c in found.comparisons if c.kind == "norms"]
+    lines.append("- **S1**, GroupNorm against BatchNorm: " + (
+        "; ".join(findings.sentence(c, found.margin) for c in gn) if gn else
+        "untested, as pre-registered, because a guard flagged GN (" + "; ".join(flagged) + ")")
+        + f". The paper: BN - GN {bn32 - gn32:+.1f} points at 32, {bn2 - gn2:+.1f} at 2.")
+    try:
+        f = _load_study("fashion_followup_steps", FOLLOWUP)
+    except NormbenchError:
+        return "\n".join(lines) + "\n"
+    if f.missing or not (STUDIES / FOLLOWUP / "steps" / "report.md").exists():
+        return "\n".join(lines) + "\n"
+    ff = findings.analyse(f)
+    wanted = ("group with steps=9600 vs with steps=4800", "batch vs group at 64 (steps=9600)",
+              "batch vs group at 2 (steps=9600)", "batch at 2 vs at 64 (steps=9600)")
+    fb = {c.what: c for c in ff.comparisons}
+    lines.append(f"- **Follow-up** (after S1, not pre-registered; n = {len(f.cells[0].runs)} "
+                 "seeds; every cell also at 9,600 steps): " + " ".join(
+                     findings.sentence(fb[w], ff.margin) for w in wanted if w in fb))
+    return "\n".join(lines) + "\n"
+
+
 def _tuning_table(stage: str, length: str, chosen: dict) -> list[str]:
     """A tuning stage's held-out errors per group and rate, and the rate it froze."""
     rates = sorted({float(r) for c in chosen["choices"] for r in c["held_out_error"]})
@@ -593,7 +642,7 @@ def _tuning_table(stage: str, length: str, chosen: dict) -> list[str]:
     return lines + [""]
 
 
-BLOCKS = {"paper": paper, "fashion": fashion, "followup": followup, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
+BLOCKS = {"paper": paper, "headline": headline, "fashion": fashion, "followup": followup, "suites": suites, "rerun": rerun, "pilot": pilot, "studies": studies, "demo": demo, "bench": bench,
           "peers": peers, "verify": verify,
           "validate_error": validate_error}
 

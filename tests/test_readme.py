@@ -49,16 +49,47 @@ def test_committed_study_reports_match_their_records():
     from normbench import findings, report, study
 
     studies = ROOT / "results" / "examples" / "studies"
+    # reports of other specs over a study's records: report directory -> (spec, records)
+    analyses = {"fashion_followup/steps": ("fashion_followup_steps", "fashion_followup"),
+                "fashion_followup/rate": ("fashion_followup_rate", "fashion_followup")}
     checked = 0
-    for md in sorted(studies.glob("*/report.md")):
-        name = md.parent.name
-        cells = study.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], md.parent)
+    for md in sorted(studies.glob("*/report.md")) + sorted(studies.glob("*/*/report.md")):
+        where = md.parent.relative_to(studies).as_posix()
+        name, records = analyses.get(where, (where, where))
+        assert (studies / records).is_dir(), f"{where}: a report of no known study"
+        cells = study.load_study([ROOT / "configs" / "studies" / f"{name}.yaml"], studies / records)
         head, rows = report.results_table(cells, findings.analyse(cells).convergence)
         assert report._md_table(head, rows) in md.read_text(), name
-        for run in (md.parent / "runs").iterdir():
+        for run in (studies / records / "runs").iterdir():
             if not run.name.startswith("."):
                 assert {p.name for p in run.iterdir()} == {"metrics.json", "spec.yaml", "history.csv"}
         assert list(md.parent.glob("*.png")), name
         checked += 1
     pilot = list((studies / "pilot" / "runs").glob("*/metrics.json"))
-    assert len(pilot) == 7 and checked == len(list(studies.glob("*/report.md")))
+    assert len(pilot) == 7 and checked == len(list(studies.glob("*/report.md"))) + len(analyses)
+
+
+# each committed study directory and the spec files whose runs it holds
+COMMITTED_STUDIES = {
+    "gn_paper_replicas": ["gn_paper_replicas"], "gn_paper_ghost": ["gn_paper_ghost"],
+    "gn_paper_groups": ["gn_paper_groups"], "fashion_convergence": ["fashion_convergence"],
+    "fashion_s1": ["fashion_s1"],
+    "fashion_followup": ["fashion_followup", "fashion_followup_steps", "fashion_followup_rate"]}
+
+
+@pytest.mark.parametrize("results", sorted(COMMITTED_STUDIES))
+def test_every_committed_study_plans_nothing_to_run(results):
+    """`normbench run --dry-run` over a committed study reports 0 to run: a committed record that
+    started reading as damaged, or a run id that moved, would be trained again."""
+    from normbench import api, grid
+
+    studies = ROOT / "results" / "examples" / "studies"
+    for name in COMMITTED_STUDIES[results]:
+        plan = api.plan_runs([grid.load_grid(ROOT / "configs" / "studies" / f"{name}.yaml")],
+                             studies / results)
+        assert plan.planned and not plan.todo, (name, [p.run_id for p in plan.todo])
+    on_disk = {p.name for p in (studies / results / "runs").iterdir() if not p.name.startswith(".")}
+    assert len(on_disk) == len({p.run_id for name in COMMITTED_STUDIES[results] for p in
+                                api.plan_runs([grid.load_grid(ROOT / "configs" / "studies" /
+                                                              f"{name}.yaml")],
+                                              studies / results).planned}), results
