@@ -227,7 +227,8 @@ def analyse(study: Study) -> Findings:
 
 
 def _setting_label(cell: Cell, other: Cell) -> str:
-    return ", ".join(f"{k}={v}" for (k, v), (_, w) in zip(cell.setting, other.setting) if v != w)
+    return ", ".join(f"{k}={tables.value_label(v)}"
+                     for (k, v), (_, w) in zip(cell.setting, other.setting) if v != w)
 
 
 def _across_settings(study: Study, ok: set[int]) -> list[Comparison]:

@@ -78,8 +78,8 @@ class Cell:
     runs: dict[int, store.RunRecord] = field(default_factory=dict)
     depth: str = ""  # the facet's model depth, where the study has several
     # the facet's other part: (field, value) of each field that varies inside a (norm, x, depth)
-    # cell, e.g. (("steps", "9600"),); findings compares the same cell across these settings
-    setting: tuple[tuple[str, str], ...] = ()
+    # cell, e.g. (("steps", 9600),); findings compares the same cell across these settings
+    setting: tuple[tuple[str, Any], ...] = ()
 
     @property
     def errors(self) -> dict[int, float]:
@@ -152,7 +152,8 @@ class Study:
 
     @property
     def facets(self) -> list[str]:
-        return sorted({c.facet for c in self.cells})
+        """In the cells' order: by depth, then each setting by its values (10000 after 2000)."""
+        return list(dict.fromkeys(c.facet for c in self.cells))
 
     @property
     def numeric_x(self) -> bool:
@@ -276,16 +277,17 @@ def load_study(spec_files: list[Path], results_dir: Path, smoke: bool = False,
     for r in records:
         norm, x, depth = layout(r)
         config = _config(r)
-        setting = tuple((name.rsplit(".", 1)[-1], tables.value_label(config.get(name)))
-                        for name in others)
-        facet = ", ".join([depth] * bool(depth) + [f"{k}={v}" for k, v in setting])
+        setting = tuple((name.rsplit(".", 1)[-1], config.get(name)) for name in others)
+        facet = ", ".join([depth] * bool(depth)
+                          + [f"{k}={tables.value_label(v)}" for k, v in setting])
         cell = cells.setdefault((norm, x, facet), Cell(norm, x, facet, depth=depth,
                                                        setting=setting))
         if r.seed in cell.runs:  # the layout lost a field: never let one run hide another
             raise NormbenchError(f"report: runs {cell.runs[r.seed].run_id} and {r.run_id} fall in "
                                  "one cell; report their specs separately")
         cell.runs[r.seed] = r
-    order = sorted(cells.values(), key=lambda c: (c.facet, c.norm, tables.sort_key(c.x)))
+    order = sorted(cells.values(), key=lambda c: (  # settings in their values' order
+        c.depth, [tables.sort_key(v) for _, v in c.setting], c.norm, tables.sort_key(c.x)))
     periodic = any(r.test_error_median5 is not None for r in records)
     fractions = {metric_last(r) for r in records}
     if len(fractions) > 1:
