@@ -355,9 +355,11 @@ def window(study: Study) -> Window | None:
             fraction = metric_last(r)
             if fraction is None:
                 return Window((evaluated[0], evaluated[-1]), changes)
+            lengths = {x.optimizer_steps for x in study.records}
+            of = f" of a {r.optimizer_steps:,}-step run" if len(lengths) > 1 else ""
             return Window((evaluated[0], evaluated[-1]), changes,
                           f"the {len(evaluated)} evaluations in the last {100 * fraction:g}% of "
-                          "the steps", "the mean")
+                          f"the steps{of}", "the mean")
     return None
 
 
