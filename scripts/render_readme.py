@@ -548,6 +548,12 @@ def followup() -> str:
     return "\n".join(lines)
 
 
+def _paper_at(n: int) -> tuple[float, float]:
+    """The paper's Table 2 at n images per GPU: (BN, GN) ImageNet validation error %."""
+    p = _load(PAPER)["batch_per_gpu"]
+    return dict(zip(p["N"], zip(p["batch"], p["group"])))[n]
+
+
 # S1's pre-stated contrasts (docs/preregistration_fashion.md) and how the report names them
 PRE_STATED = (("(1) primary: BN v=2 vs BN v=64", "batch at 2 vs at 64", ("batch",)),
               ("(2) GN vs BN v=64", "batch vs group at 64", ("batch", "group")),
@@ -562,9 +568,7 @@ def _pre_stated() -> list[str]:
 
     study = _load_study("fashion_s1")
     found = findings.analyse(study)
-    p = _load(PAPER)["batch_per_gpu"]
-    at = dict(zip(p["N"], zip(p["batch"], p["group"])))
-    (bn32, gn32), (bn2, gn2) = at[32], at[2]
+    (bn32, gn32), (bn2, gn2) = _paper_at(32), _paper_at(2)
     slope = (bn32 - bn2) / 4  # 2 -> 32 is four doublings
     paper = [f"BN {bn2 - bn32:+.1f} points from 32 to 2 images per GPU",
              f"BN - GN {bn32 - gn32:+.1f} at 32", f"BN - GN {bn2 - gn2:+.1f} at 2",
@@ -597,9 +601,8 @@ def headline() -> str:
         return "S1 has not finished: no answer is read from it yet.\n"
     found = findings.analyse(s1)
     by = {c.what: c for c in found.comparisons}
-    p = _load(PAPER)["batch_per_gpu"]
-    at = dict(zip(p["N"], zip(p["batch"], p["group"])))
-    (bn32, gn32), (bn2, gn2) = at[32], at[2]
+    (bn32, gn32), (bn2, gn2) = _paper_at(32), _paper_at(2)
+
     def said(c, margin):  # the report's sentence, and how large a difference it leaves open
         text = findings.sentence(c, margin)
         if c.equivalent and not c.significant and c.far is not None:
